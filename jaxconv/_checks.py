@@ -1,0 +1,337 @@
+"""Normalising and validating static arguments: the one place where jaxconv raises on bad input.
+
+Every public op calls into this module before it touches JAX, so a bad call fails at trace time
+with a message that names the argument, what was expected and what came, under ``jit`` and
+``grad`` alike. The results are hashable, fully explicit configurations (per-dimension tuples,
+explicit ``(low, high)`` pads) that the ops carry as static, never-traced arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+PaddingLike = str | int | Sequence[tuple[int, int]]
+LAYOUTS = ("channels_last", "channels_first")
+PADDING_STRINGS = ("VALID", "SAME", "FULL")
+
+
+def _describe(value: Any) -> str:
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def array(name: str, value: Any) -> Any:
+    """Check that ``value`` is an array (or array-like) and return it as one."""
+    if isinstance(value, (str, bytes, dict, set)) or value is None:
+        raise TypeError(f"{name} must be an array, got {_describe(value)}")
+    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        try:
+            value = jnp.asarray(value)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name} must be an array, got {_describe(value)}") from err
+    return value
+
+
+def floating(name: str, value: Any) -> Any:
+    """Check that ``value`` is an array with a floating dtype (a differentiable input)."""
+    value = array(name, value)
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64) to be "
+            f"differentiated, got dtype {value.dtype}; cast it first, e.g. {name}.astype(float)"
+        )
+    return value
+
+
+def promote(**arrays: Any) -> tuple[Any, ...]:
+    """Validate floating inputs and promote them to one common dtype (``None`` passes through)."""
+    checked = {k: (None if v is None else floating(k, v)) for k, v in arrays.items()}
+    present = [v for v in checked.values() if v is not None]
+    dtype = jnp.result_type(*present)
+    return tuple(None if v is None else v.astype(dtype) for v in checked.values())
+
+
+def positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int, got {_describe(value)}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def per_dim(name: str, value: Any, nd: int) -> tuple[int, ...]:
+    """An int, or one positive int per spatial dimension, as an ``nd``-tuple."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        values: Sequence[Any] = (value,) * nd
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        values = value
+        if len(values) != nd:
+            raise ValueError(
+                f"{name} must be an int or a sequence of {nd} ints (one per spatial dimension), "
+                f"got {value!r} of length {len(values)}"
+            )
+    else:
+        raise TypeError(f"{name} must be an int or a sequence of {nd} ints, got {_describe(value)}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must contain ints, got {value!r}")
+        if v <= 0:
+            raise ValueError(f"{name} must be positive in every dimension, got {value!r}")
+        out.append(int(v))
+    return tuple(out)
+
+
+def padding_pairs(
+    padding: Any,
+    in_size: Sequence[int],
+    window: Sequence[int],
+    stride: Sequence[int],
+    *,
+    name: str = "padding",
+) -> tuple[tuple[int, int], ...]:
+    """Resolve a padding spec into explicit ``(low, high)`` pairs, one per spatial dimension.
+
+    ``window`` is the *effective* (dilated) window size ``d * (k - 1) + 1`` per dimension.
+
+    - ``"VALID"``: no padding.
+    - ``"SAME"``: the output has ``ceil(size / stride)`` positions; the extra pad goes high (as in
+      ``lax`` and TensorFlow).
+    - ``"FULL"``: ``window - 1`` on both sides (the lecture's full convolution).
+    - an int ``p``: ``(p, p)`` on every dimension.
+    - a sequence of ``(low, high)`` pairs, one per spatial dimension.
+    """
+    nd = len(in_size)
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode == "VALID":
+            return ((0, 0),) * nd
+        if mode == "FULL":
+            return tuple((k - 1, k - 1) for k in window)
+        if mode == "SAME":
+            pairs = []
+            for n, k, s in zip(in_size, window, stride, strict=True):
+                total = max((-(-n // s) - 1) * s + k - n, 0)
+                pairs.append((total // 2, total - total // 2))
+            return tuple(pairs)
+        raise ValueError(f"{name} must be one of {PADDING_STRINGS}, an int or (low, high) pairs, "
+                         f"got the string {padding!r}")
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+        if padding < 0:
+            raise ValueError(f"{name} must be non-negative, got {padding}")
+        return ((int(padding), int(padding)),) * nd
+    if isinstance(padding, Sequence):
+        if len(padding) != nd or not all(
+            isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2 for p in padding
+        ):
+            raise ValueError(
+                f"{name} must be a string, an int, or {nd} (low, high) pairs (one per spatial "
+                f"dimension), got {padding!r}"
+            )
+        pairs = []
+        for lo, hi in padding:
+            for v in (lo, hi):
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                    raise TypeError(f"{name} pairs must hold ints, got {padding!r}")
+                if v < 0:
+                    raise ValueError(f"{name} must be non-negative, got {padding!r}")
+            pairs.append((int(lo), int(hi)))
+        return tuple(pairs)
+    raise TypeError(
+        f"{name} must be a string, an int or (low, high) pairs, got {_describe(padding)}"
+    )
+
+
+def out_size(n: int, pad: tuple[int, int], window: int, stride: int) -> int:
+    """Number of output positions along one dimension (``window`` already dilated)."""
+    return (n + pad[0] + pad[1] - window) // stride + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvConfig:
+    """The fully explicit, hashable description of one convolution (channels-last, no batch).
+
+    Attributes:
+      stride, dilation: per spatial dimension.
+      padding: one ``(low, high)`` pair per spatial dimension.
+      groups: the number of channel groups (``C_in`` for depthwise).
+    """
+
+    stride: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    @property
+    def nd(self) -> int:
+        return len(self.stride)
+
+
+def conv_config(
+    x: Any, w: Any, b: Any, *, stride: Any, padding: Any, dilation: Any, groups: Any, layout: str
+) -> ConvConfig:
+    """Validate a convolution call (arrays already in channels-last layout) and normalise it.
+
+    Args:
+      x: input, ``(N, *spatial, C_in)``.
+      w: kernel, ``(*kernel, C_in // groups, C_out)``.
+      b: bias ``(C_out,)`` or ``None``.
+      layout: only used to phrase error messages in the caller's own shapes.
+    """
+    first = layout == "channels_first"
+    x_desc = "(N, C_in, *spatial)" if first else "(N, *spatial, C_in)"
+    w_desc = "(C_out, C_in // groups, *kernel)" if first else "(*kernel, C_in // groups, C_out)"
+    if x.ndim not in (3, 4, 5):
+        raise ValueError(
+            f"x must have rank 3, 4 or 5 {x_desc} for a 1-, 2- or 3-D convolution, "
+            f"got shape {_shape(x, first)}"
+        )
+    if w.ndim != x.ndim:
+        raise ValueError(
+            f"w must have the same rank as x ({x.ndim}, i.e. {w_desc}), got w of shape "
+            f"{_kshape(w, first)} for x of shape {_shape(x, first)}"
+        )
+    nd = x.ndim - 2
+    groups = positive_int("groups", groups)
+    c_in, c_out, w_in = x.shape[-1], w.shape[-1], w.shape[-2]
+    if c_in % groups:
+        raise ValueError(f"groups={groups} must divide the input channels C_in={c_in}")
+    if c_out % groups:
+        raise ValueError(
+            f"groups={groups} must divide the output channels C_out={c_out} (w of shape "
+            f"{_kshape(w, first)})"
+        )
+    if w_in != c_in // groups:
+        raise ValueError(
+            f"w must have C_in // groups = {c_in} // {groups} = {c_in // groups} input channels "
+            f"{w_desc}, got w of shape {_kshape(w, first)} for x of shape {_shape(x, first)}"
+        )
+    stride = per_dim("stride", stride, nd)
+    dilation = per_dim("dilation", dilation, nd)
+    kernel = w.shape[:nd]
+    window = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
+    in_size = x.shape[1:-1]
+    pads = padding_pairs(padding, in_size, window, stride)
+    for i, (n, p, k) in enumerate(zip(in_size, pads, window, strict=True)):
+        if n + p[0] + p[1] < k:
+            raise ValueError(
+                f"the kernel (effective size {k} with dilation {dilation[i]}) is larger than the "
+                f"padded input ({n} + {p[0]} + {p[1]} = {n + p[0] + p[1]}) in spatial dimension "
+                f"{i}: the output would be empty"
+            )
+    if b is not None and tuple(b.shape) != (c_out,):
+        raise ValueError(f"b must have shape (C_out,) = ({c_out},), got shape {tuple(b.shape)}")
+    return ConvConfig(stride=stride, padding=pads, dilation=dilation, groups=groups)
+
+
+def _shape(x: Any, first: bool) -> tuple[int, ...]:
+    s = tuple(x.shape)
+    return (s[0], s[-1], *s[1:-1]) if first and len(s) > 2 else s
+
+
+def _kshape(w: Any, first: bool) -> tuple[int, ...]:
+    s = tuple(w.shape)
+    return (s[-1], s[-2], *s[:-2]) if first and len(s) > 2 else s
+
+
+def layout(value: Any) -> str:
+    if value not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    """A pooling window: per-dimension window, stride, ``(low, high)`` padding and input size."""
+
+    window: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    in_size: tuple[int, ...]
+
+
+def pool_config(x: Any, window: Any, stride: Any, padding: Any) -> PoolConfig:
+    """Validate a channels-last pooling call on ``x`` of shape ``(N, *spatial, C)``."""
+    if x.ndim not in (3, 4, 5):
+        raise ValueError(
+            f"x must have rank 3, 4 or 5 (N, *spatial, C) for 1-, 2- or 3-D pooling, "
+            f"got shape {tuple(x.shape)}"
+        )
+    nd = x.ndim - 2
+    window = per_dim("window", window, nd)
+    stride = window if stride is None else per_dim("stride", stride, nd)
+    in_size = x.shape[1:-1]
+    pads = padding_pairs(padding, in_size, window, stride)
+    for i, (n, p, k) in enumerate(zip(in_size, pads, window, strict=True)):
+        if p[0] >= k or p[1] >= k:
+            raise ValueError(
+                f"padding {p} must be smaller than the window ({k}) in spatial dimension {i}: "
+                f"a window of padding alone has no value"
+            )
+        if n + p[0] + p[1] < k:
+            raise ValueError(
+                f"the window ({k}) is larger than the padded input ({n} + {p[0]} + {p[1]}) in "
+                f"spatial dimension {i}: the output would be empty"
+            )
+    return PoolConfig(window=window, stride=stride, padding=pads, in_size=tuple(in_size))
+
+
+def dense_shapes(x: Any, w: Any, b: Any) -> None:
+    """Check that ``x (..., n_in) @ w (n_in, n_out) + b (n_out,)`` chains."""
+    if w.ndim != 2:
+        raise ValueError(f"w must have rank 2 (n_in, n_out), got shape {tuple(w.shape)}")
+    if x.ndim < 1:
+        raise ValueError(f"x must have rank >= 1 (..., n_in), got a scalar of shape {x.shape}")
+    if x.shape[-1] != w.shape[0]:
+        raise ValueError(
+            f"x's last axis ({x.shape[-1]}, from shape {tuple(x.shape)}) must equal w's first "
+            f"axis n_in ({w.shape[0]}, from shape {tuple(w.shape)}): the shapes do not chain"
+        )
+    if b is not None and tuple(b.shape) != (w.shape[1],):
+        raise ValueError(f"b must have shape (n_out,) = ({w.shape[1]},), got {tuple(b.shape)}")
+
+
+def labels_for(logits: Any, labels: Any) -> Any:
+    """Check integer class labels ``(...,)`` against logits ``(..., C)``."""
+    labels = array("labels", labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(
+            f"labels must be integer class indices, got dtype {labels.dtype}; for one-hot or soft "
+            f"targets take the argmax first"
+        )
+    if logits.ndim < 1 or tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"labels must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}, got "
+            f"{tuple(labels.shape)} for logits of shape {tuple(logits.shape)}"
+        )
+    return labels
+
+
+def same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
+
+
+def size(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def non_negative(name: str, value: Any) -> float:
+    try:
+        v = operator.index(value) if isinstance(value, (int, np.integer)) else float(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a number, got {_describe(value)}") from err
+    if v < 0:
+        raise ValueError(f"{name} must be non-negative, got {value}")
+    return v

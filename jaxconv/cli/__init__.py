@@ -1,0 +1,77 @@
+"""The ``jaxconv`` command: ``train``, ``gradcheck``, ``explain`` and ``bench``.
+
+Each subcommand lives in its own module with ``register(subparsers)``, which adds its parser and
+sets ``run=`` to a function ``run(args) -> int``. Errors a user can cause (bad arguments, missing
+files, invalid configurations rejected by jaxconv's checks) become one line on stderr and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ("train", "gradcheck", "explain", "bench")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jaxconv import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="jaxconv",
+        description="Backpropagation written by hand in JAX: train, check and explain the "
+        "lecture's rules.",
+    )
+    parser.add_argument("--version", action="version", version=f"jaxconv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"jaxconv.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"jaxconv {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, TypeError, FileNotFoundError, NotADirectoryError,
+            PermissionError) as err:
+        print(f"jaxconv {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

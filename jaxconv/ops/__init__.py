@@ -1,0 +1,1 @@
+"""The ops, one module per family, each forward beside its hand-derived rule."""

@@ -1,0 +1,136 @@
+r"""Elementwise activations, each with its derivative rule dx = dy · f′(x).
+
+The residual is whatever makes f′ cheapest: the output s for sigmoid (s′ = s(1 − s)) and tanh
+(t′ = 1 − t²), the mask x > 0 for relu, and x itself for leaky relu and softplus
+(softplus′ = sigmoid(x)). Derivatives at the kinks: relu′(0) = 0 and leaky_relu′(0) = α, as the
+forwards below are written with ``where(x > 0, ...)``, which JAX's autodiff also differentiates
+that way.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxconv import _checks
+from jaxconv.ops._twins import twins
+
+
+def relu_forward(x):
+    """relu(x) = max(x, 0)."""
+    return jnp.where(x > 0, x, jnp.zeros_like(x))
+
+
+def _relu_fwd(x):
+    return relu_forward(x), x > 0
+
+
+def _relu_bwd(mask, dy):
+    """dx = dy · [x > 0]."""
+    return (jnp.where(mask, dy, jnp.zeros_like(dy)),)
+
+
+def leaky_relu_forward(x, negative_slope):
+    """leaky_relu(x) = x if x > 0 else α·x."""
+    return jnp.where(x > 0, x, negative_slope * x)
+
+
+def _leaky_relu_fwd(x, negative_slope):
+    return leaky_relu_forward(x, negative_slope), x > 0
+
+
+def _leaky_relu_bwd(negative_slope, mask, dy):
+    """dx = dy · (1 if x > 0 else α)."""
+    return (jnp.where(mask, dy, negative_slope * dy),)
+
+
+def sigmoid_forward(x):
+    """s = 1 / (1 + e^{−x})."""
+    return jax.nn.sigmoid(x)
+
+
+def _sigmoid_fwd(x):
+    s = sigmoid_forward(x)
+    return s, s
+
+
+def _sigmoid_bwd(s, dy):
+    """dx = dy · s(1 − s), from the saved output."""
+    return (dy * s * (1 - s),)
+
+
+def tanh_forward(x):
+    """t = tanh(x)."""
+    return jnp.tanh(x)
+
+
+def _tanh_fwd(x):
+    t = tanh_forward(x)
+    return t, t
+
+
+def _tanh_bwd(t, dy):
+    """dx = dy · (1 − t²), from the saved output."""
+    return (dy * (1 - t * t),)
+
+
+def softplus_forward(x):
+    """softplus(x) = log(1 + eˣ), computed stably."""
+    return jnp.logaddexp(x, jnp.zeros_like(x))
+
+
+def _softplus_fwd(x):
+    return softplus_forward(x), x
+
+
+def _softplus_bwd(x, dy):
+    """dx = dy · sigmoid(x)."""
+    return (dy * jax.nn.sigmoid(x),)
+
+
+def _elementwise(forward, fwd, bwd, nondiff_argnums=()):
+    manual = jax.custom_vjp(forward, nondiff_argnums=nondiff_argnums)
+    manual.defvjp(fwd, bwd)
+    return manual
+
+
+_relu = _elementwise(relu_forward, _relu_fwd, _relu_bwd)
+_leaky_relu = _elementwise(leaky_relu_forward, _leaky_relu_fwd, _leaky_relu_bwd, (1,))
+_sigmoid = _elementwise(sigmoid_forward, _sigmoid_fwd, _sigmoid_bwd)
+_tanh = _elementwise(tanh_forward, _tanh_fwd, _tanh_bwd)
+_softplus = _elementwise(softplus_forward, _softplus_fwd, _softplus_bwd)
+
+
+def _relu_front(core, x):
+    """relu(x) = max(x, 0), elementwise. Rule: dx = dy · [x > 0] (so relu′(0) = 0)."""
+    return core(_checks.floating("x", x))
+
+
+def _leaky_relu_front(core, x, negative_slope=0.01):
+    """leaky_relu(x) = x if x > 0 else α·x, elementwise. Rule: dx = dy · (1 if x > 0 else α).
+
+    ``negative_slope`` (α) is a static Python number, not differentiated.
+    """
+    return core(_checks.floating("x", x), _checks.non_negative("negative_slope", negative_slope))
+
+
+def _sigmoid_front(core, x):
+    """sigmoid(x) = 1 / (1 + e^{−x}), elementwise. Rule: dx = dy · s(1 − s) from the output s."""
+    return core(_checks.floating("x", x))
+
+
+def _tanh_front(core, x):
+    """tanh(x), elementwise. Rule: dx = dy · (1 − t²) from the output t."""
+    return core(_checks.floating("x", x))
+
+
+def _softplus_front(core, x):
+    """softplus(x) = log(1 + eˣ), elementwise. Rule: dx = dy · sigmoid(x)."""
+    return core(_checks.floating("x", x))
+
+
+relu, relu_autodiff = twins(_relu_front, _relu, relu_forward)
+leaky_relu, leaky_relu_autodiff = twins(_leaky_relu_front, _leaky_relu, leaky_relu_forward)
+sigmoid, sigmoid_autodiff = twins(_sigmoid_front, _sigmoid, sigmoid_forward)
+tanh, tanh_autodiff = twins(_tanh_front, _tanh, tanh_forward)
+softplus, softplus_autodiff = twins(_softplus_front, _softplus, softplus_forward)

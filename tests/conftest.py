@@ -1,0 +1,26 @@
+"""Test-wide setup: 4 host CPU devices (for the sharding tests), float64 enabled, and the
+hypothesis profiles (``default``: >= 200 examples per op; ``thorough``: >= 5,000; select with
+``--hypothesis-profile=thorough`` or ``HYPOTHESIS_PROFILE=thorough``)."""
+
+import os
+
+# Must happen before jax is imported anywhere.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+_common = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile("default", max_examples=200, **_common)
+settings.register_profile("thorough", max_examples=5000, **_common)
+settings.register_profile("quick", max_examples=25, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
