@@ -28,79 +28,40 @@ Groups split the channels: each group of C_out / groups filters sees only its ow
 C_in / groups input channels, so dx transposes w group by group and dw pairs each group of x
 with its own group of dy.
 
-Every rule here compiles to one convolution (``lax.conv_general_dilated``); nothing loops over
-positions and no Jacobian is ever formed.
+Each rule is computed by one of several equivalent formulations chosen per shape at trace time
+(:mod:`jaxconv.ops._algorithms`): one convolution (``lax.conv_general_dilated``), a sum of
+shifted matrix products, or im2col with one matrix product. None loops over positions and no
+Jacobian is ever formed.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxconv import _checks
 from jaxconv._checks import ConvConfig
+from jaxconv.ops import _algorithms
 from jaxconv.ops._twins import twins
 
 # --------------------------------------------------------------------------------------------
-# Layout bookkeeping. Core layout: x (N, *S, C), w (*K, C_in/g, C_out), y (N, *O, C_out).
+# Forward and the three rules, side by side. Core layout: x (N, *S, C), w (*K, C_in/g, C_out),
+# y (N, *O, C_out). Each product may be computed by any of several formulations (one XLA
+# convolution, shifted matrix products, im2col): see jaxconv.ops._algorithms, which holds them
+# and chooses per shape and dtype at trace time. The forward's choice is shared with
+# jaxconv.autodiff.conv; the choice of the dx and dw formulations is the manual rule's own.
 # --------------------------------------------------------------------------------------------
 
-
-def _channels_last_numbers(nd: int) -> lax.ConvDimensionNumbers:
-    """lhs (N, *S, C), rhs (*K, I, O), out (N, *S, C): lax's NHWC / HWIO, for any nd."""
-    spatial = tuple(range(1, nd + 1))
-    return lax.ConvDimensionNumbers(
-        lhs_spec=(0, nd + 1, *spatial),
-        rhs_spec=(nd + 1, nd, *range(nd)),
-        out_spec=(0, nd + 1, *spatial),
-    )
-
-
-def _weight_grad_numbers(nd: int) -> lax.ConvDimensionNumbers:
-    """dw = x ⋆ dy with the batch axis N contracted: x's channels play the batch, dy's channels
-    the output features, and the result comes out directly in the kernel layout (*K, I, O)."""
-    spatial = tuple(range(1, nd + 1))
-    return lax.ConvDimensionNumbers(
-        lhs_spec=(nd + 1, 0, *spatial),
-        rhs_spec=(nd + 1, 0, *spatial),
-        out_spec=(nd, nd + 1, *range(nd)),
-    )
-
-
-def _effective(k: int, d: int) -> int:
-    return d * (k - 1) + 1
-
-
-def rot180_transpose(w: jax.Array, groups: int) -> jax.Array:
-    """rot180(w) with input and output channels swapped group by group.
-
-    (*K, C_in/g, C_out) -> (*K, C_out/g, C_in): the kernel of the dx convolution.
-    """
-    nd = w.ndim - 2
-    *k, c_in_g, c_out = w.shape
-    w = jnp.flip(w, axis=tuple(range(nd)))
-    w = w.reshape(*k, c_in_g, groups, c_out // groups)
-    w = jnp.moveaxis(w, nd, nd + 2)  # (*K, g, C_out/g, C_in/g)
-    w = jnp.swapaxes(w, nd, nd + 1)  # (*K, C_out/g, g, C_in/g)
-    return w.reshape(*k, c_out // groups, groups * c_in_g)
-
-
-# --------------------------------------------------------------------------------------------
-# Forward and the three rules, side by side.
-# --------------------------------------------------------------------------------------------
+rot180_transpose = _algorithms.rot180_transpose
 
 
 def conv_forward(x: jax.Array, w: jax.Array, b: jax.Array | None, cfg: ConvConfig) -> jax.Array:
-    """y = x ⋆ w + b: x (N, *S, C_in), w (*K, C_in/g, C_out), b (C_out,) -> y (N, *O, C_out)."""
-    y = lax.conv_general_dilated(
-        x,
-        w,
-        window_strides=cfg.stride,
-        padding=cfg.padding,
-        rhs_dilation=cfg.dilation,
-        dimension_numbers=_channels_last_numbers(cfg.nd),
-        feature_group_count=cfg.groups,
+    """y = x ⋆ w + b: x (N, *S, C_in), w (*K, C_in/g, C_out), b (C_out,) -> y (N, *O, C_out).
+
+    y[o] = b + Σ_k w[k] · x_pad[o·s + k·d], computed by the formulation chosen for this shape.
+    """
+    y = _algorithms.run(
+        "forward", x, w, cfg, x_shape=x.shape, w_shape=w.shape, cfg=cfg, dtype=x.dtype
     )
     return y if b is None else y + b
 
@@ -116,49 +77,27 @@ def conv_dw(x: jax.Array, dy: jax.Array, kernel: tuple[int, ...], cfg: ConvConfi
     dw[k] = Σ_{n,o} x_pad[n, o·s + k·d] dy[n, o] is a correlation of x with dy in which dy is
     dilated by the stride s and slides with step d (the kernel's dilation). The high padding is
     trimmed by the remainder r = (I + lo + hi − d(K−1) − 1) mod s: those trailing inputs never
-    reached the forward output, so they get no gradient.
+    reached the forward output, so they get no gradient. Equivalently, for each offset k,
+    dw[k] = view_k(x)ᵀ · dy, a matrix product over the N·O positions.
     """
-    pads = []
-    for n_in, n_out, k, s, d, (lo, _) in zip(
-        x.shape[1:-1], dy.shape[1:-1], kernel, cfg.stride, cfg.dilation, cfg.padding, strict=True
-    ):
-        pads.append((lo, (k - 1) * d + (n_out - 1) * s + 1 - n_in - lo))
-    return lax.conv_general_dilated(
-        x,
-        dy,
-        window_strides=cfg.dilation,
-        padding=pads,
-        rhs_dilation=cfg.stride,
-        dimension_numbers=_weight_grad_numbers(cfg.nd),
-        batch_group_count=cfg.groups,
+    w_shape = (*kernel, x.shape[-1] // cfg.groups, dy.shape[-1])
+    return _algorithms.run(
+        "dw", x, dy, kernel, cfg, x_shape=x.shape, w_shape=w_shape, cfg=cfg, dtype=x.dtype
     )
 
 
 def conv_dx(dy: jax.Array, w: jax.Array, in_size: tuple[int, ...], cfg: ConvConfig) -> jax.Array:
     """dx = full-conv(rot180 w, dy): (N, *O, C_out), (*K, C_in/g, C_out) -> (N, *S, C_in).
 
-    dy is dilated by the stride (``lhs_dilation``), padded by d(K−1) on each side to make the
-    correlation *full* (plus the remainder r on the high side), correlated with the rotated,
-    channel-transposed kernel, and the forward's padding (lo, hi) is cropped off again; the crop
-    is folded into the padding, which may therefore be negative.
+    dy is dilated by the stride, padded by d(K−1) on each side to make the correlation *full*
+    (plus the remainder r on the high side), correlated with the rotated, channel-transposed
+    kernel, and the forward's padding (lo, hi) is cropped off again. Equivalently,
+    dx_pad = Σ_k scatter_k(dy · w[k]ᵀ): each dy[o] is sent back to the inputs o·s + k·d that
+    made it.
     """
-    pads = []
-    for n_in, n_out, k, s, d, (lo, hi) in zip(
-        in_size, dy.shape[1:-1], w.shape[: cfg.nd], cfg.stride, cfg.dilation, cfg.padding,
-        strict=True,
-    ):
-        full = _effective(k, d) - 1
-        remainder = n_in + lo + hi - _effective(k, d) - (n_out - 1) * s
-        pads.append((full - lo, full + remainder - hi))
-    return lax.conv_general_dilated(
-        dy,
-        rot180_transpose(w, cfg.groups),
-        window_strides=(1,) * cfg.nd,
-        padding=pads,
-        lhs_dilation=cfg.stride,
-        rhs_dilation=cfg.dilation,
-        dimension_numbers=_channels_last_numbers(cfg.nd),
-        feature_group_count=cfg.groups,
+    x_shape = (dy.shape[0], *in_size, w.shape[-2] * cfg.groups)
+    return _algorithms.run(
+        "dx", dy, w, in_size, cfg, x_shape=x_shape, w_shape=w.shape, cfg=cfg, dtype=dy.dtype
     )
 
 

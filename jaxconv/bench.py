@@ -1,0 +1,413 @@
+r"""Benchmarks: the hand-derived rules against JAX's autodiff (and PyTorch's CPU eager).
+
+Measured per layer of :data:`LAYERS` (forward, and forward+backward as ``jit`` of ``vjp``) and per
+training step of :data:`TRAIN_STEPS` (loss, gradients and an Adam update, jitted), with the
+compared variants compiled first and then *interleaved* round by round, so that a machine's load
+hits them alike. Compile time is excluded; every call is followed by ``block_until_ready``; the
+statistic is the median of the wall-clock time. The median *process CPU time* (all threads) of
+each call is recorded too: on a machine shared with other work it measures the work a variant
+does rather than how long it waited for a core, so its ratios are the steadier ones.
+
+Variants:
+
+- ``manual``: ``jaxconv`` (the hand-derived rules) under the ``"auto"`` conv policy;
+- ``autodiff``: ``jaxconv.autodiff``, the *same* forward (same policy, same formulation),
+  differentiated by JAX;
+- ``jax_xla``: ``jaxconv.autodiff`` under the ``"xla"`` policy: XLA's convolution differentiated
+  by JAX, i.e. what plain JAX does;
+- ``torch``: PyTorch's CPU eager (channels-first, its native layout), when ``torch`` imports.
+
+GFLOP/s count 2·N·|O|·|K|·(C_in/g)·C_out for the forward and three times that for
+forward+backward (dx and dw cost one forward each); ``frac_mm`` is that rate as a fraction of a
+float32 (1024×1024) matrix product measured in the same run, the machine's practical limit.
+The library never prints: these functions return rows of plain dicts; the CLI and the
+experiments format them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxconv import _checks
+from jaxconv.ops import _algorithms
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One convolution of the suite (channels-last shapes, symmetric integer padding)."""
+
+    name: str
+    x: tuple[int, ...]
+    w: tuple[int, ...]
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    groups: int = 1
+
+    def kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups)
+
+    def config(self) -> _checks.ConvConfig:
+        x = jax.ShapeDtypeStruct(self.x, jnp.float32)
+        w = jax.ShapeDtypeStruct(self.w, jnp.float32)
+        return _checks.conv_config(x, w, None, layout="channels_last", **self.kwargs())
+
+    def out(self) -> tuple[int, ...]:
+        cfg = self.config()
+        return (self.x[0], *_algorithms.out_spatial(self.x[1:-1], self.w[:-2], cfg), self.w[-1])
+
+    def flops(self) -> float:
+        """Multiply-adds ×2 of the forward."""
+        return 2.0 * math.prod(self.out()) * math.prod(self.w[:-1])
+
+
+LAYERS: tuple[Layer, ...] = (
+    Layer("lenet5.conv1", (128, 28, 28, 1), (5, 5, 1, 6), padding=2),
+    Layer("lenet5.conv2", (128, 14, 14, 6), (5, 5, 6, 16)),
+    Layer("cnn1d.conv1", (100, 40, 1), (5, 1, 25), stride=2, padding=1),
+    Layer("cnn1d.conv2", (100, 19, 25), (3, 25, 25), stride=2, padding=1),
+    Layer("cnn1d.conv3", (100, 10, 25), (3, 25, 25), stride=2, padding=1),
+    Layer("long1d", (16, 4096, 64), (9, 64, 64), padding=4),
+    Layer("resnet.3x3", (32, 56, 56, 64), (3, 3, 64, 64), padding=1),
+    Layer("resnet.3x3.s2", (32, 56, 56, 64), (3, 3, 64, 128), stride=2, padding=1),
+    Layer("resnet.stem", (32, 224, 224, 3), (7, 7, 3, 64), stride=2, padding=3),
+    Layer("depthwise.3x3", (32, 56, 56, 64), (3, 3, 1, 64), padding=1, groups=64),
+    Layer("dilated.3x3", (32, 28, 28, 128), (3, 3, 128, 128), padding=2, dilation=2),
+)
+
+#: Training steps: (batch shape, classes, model hyperparameters). LeNet-5 with its original
+#: widths (6, 16), as in PyTorch's model below; cnn1d as jaxconv.models builds it.
+TRAIN_STEPS = {
+    "lenet5": ((128, 28, 28, 1), 10, {"channels": (6, 16)}),
+    "cnn1d": ((100, 40, 1), 10, {}),
+}
+
+
+def layer(name: str) -> Layer:
+    for spec in LAYERS:
+        if spec.name == name:
+            return spec
+    raise ValueError(f"layer must be one of {[s.name for s in LAYERS]}, got {name!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Timing.
+# --------------------------------------------------------------------------------------------
+
+
+def compile_call(fn: Callable, *args, policy: str = "auto") -> Callable[[], Any]:
+    """Trace and compile ``fn(*args)`` under a conv policy; return a no-argument runner."""
+    with _algorithms.policy(policy):
+        compiled = jax.jit(fn).lower(*args).compile()
+    return lambda: compiled(*args)
+
+
+def interleaved(runners: dict[str, Callable[[], Any]], repeats: int = 10,
+                warmup: int = 2) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds per call of each runner: ``warmup`` untimed rounds, then
+    ``repeats`` rounds in which every runner runs once (round-robin, the order rotated every
+    round), each call followed by ``block_until_ready``.
+    Returns ``{name: {"wall": s, "cpu": s, "wall_min": s}}``."""
+    for _ in range(warmup):
+        for run in runners.values():
+            _block(run())
+    wall: dict[str, list[float]] = {name: [] for name in runners}
+    cpu: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for r in range(repeats):
+        # Rotate the order every round, so that no variant always runs right after the same
+        # other one (PyTorch's worker threads keep spinning for a while after its calls).
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            run = runners[name]
+            c0, t0 = time.process_time(), time.perf_counter()
+            _block(run())
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {name: {"wall": float(np.median(wall[name])), "cpu": float(np.median(cpu[name])),
+                   "wall_min": float(np.min(wall[name]))} for name in runners}
+
+
+def _block(out):
+    if _torch() is not None and isinstance(out, _torch().Tensor):
+        return out
+    return jax.block_until_ready(out)
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """GFLOP/s of a float32 n×n matrix product (its fastest of ``repeats`` calls): the practical
+    limit of this machine."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    run = compile_call(jnp.matmul, a, a)
+    t = interleaved({"mm": run}, repeats)["mm"]["wall_min"]
+    return 2 * n**3 / t / 1e9
+
+
+_TORCH: list = []
+
+
+def _torch():
+    """The ``torch`` module, or ``None`` when it is not installed (an optional baseline)."""
+    if not _TORCH:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        _TORCH.append(torch)
+    return _TORCH[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Layers.
+# --------------------------------------------------------------------------------------------
+
+
+def _layer_inputs(spec: Layer, key):
+    kx, kw, kb, kd = jax.random.split(key, 4)
+    x = jax.random.normal(kx, spec.x, jnp.float32)
+    w = jax.random.normal(kw, spec.w, jnp.float32) / math.sqrt(math.prod(spec.w[:-1]))
+    b = jax.random.normal(kb, spec.w[-1:], jnp.float32)
+    dy = jax.random.normal(kd, spec.out(), jnp.float32)
+    return x, w, b, dy
+
+
+def _torch_layer(spec: Layer, x, w, b, dy):
+    """PyTorch eager forward and forward+backward runners in channels-first layout."""
+    torch = _torch()
+    nd = len(spec.x) - 2
+    conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d,
+            3: torch.nn.functional.conv3d}[nd]
+    first = (0, nd + 1, *range(1, nd + 1))
+    tx = torch.from_numpy(np.asarray(x).transpose(first).copy())
+    tw = torch.from_numpy(np.asarray(w).transpose(nd + 1, nd, *range(nd)).copy())
+    tb = torch.from_numpy(np.asarray(b).copy())
+    tdy = torch.from_numpy(np.asarray(dy).transpose(first).copy())
+    kw = dict(stride=spec.stride, padding=spec.padding, dilation=spec.dilation, groups=spec.groups)
+
+    def forward():
+        with torch.no_grad():
+            return conv(tx, tw, tb, **kw)
+
+    gx, gw, gb = (t.clone().requires_grad_(True) for t in (tx, tw, tb))
+
+    def forward_backward():
+        gx.grad = gw.grad = gb.grad = None
+        conv(gx, gw, gb, **kw).backward(tdy)
+        return gw.grad
+
+    return forward, forward_backward
+
+
+def bench_layer(spec: Layer, repeats: int = 10, torch: bool = True) -> dict:
+    """Forward and forward+backward times (seconds, medians) of one layer for every variant."""
+    import jaxconv
+    import jaxconv.autodiff
+
+    x, w, b, dy = _layer_inputs(spec, jax.random.key(0))
+    kw = spec.kwargs()
+
+    def fwd(op):
+        return lambda x, w, b: op(x, w, b, **kw)
+
+    def fwd_bwd(op):
+        def run(x, w, b, dy):
+            _, vjp = jax.vjp(lambda x, w, b: op(x, w, b, **kw), x, w, b)
+            return vjp(dy)
+        return run
+
+    forward = {
+        "manual": compile_call(fwd(jaxconv.conv), x, w, b),
+        "jax_xla": compile_call(fwd(jaxconv.autodiff.conv), x, w, b, policy="xla"),
+    }
+    both = {
+        "manual": compile_call(fwd_bwd(jaxconv.conv), x, w, b, dy),
+        "autodiff": compile_call(fwd_bwd(jaxconv.autodiff.conv), x, w, b, dy),
+        "jax_xla": compile_call(fwd_bwd(jaxconv.autodiff.conv), x, w, b, dy, policy="xla"),
+    }
+    if torch and _torch() is not None:
+        forward["torch"], both["torch"] = _torch_layer(spec, x, w, b, dy)
+    return {
+        "layer": spec.name,
+        "flops": spec.flops(),
+        "choice": chosen(spec),
+        "forward": interleaved(forward, repeats),
+        "forward_backward": interleaved(both, repeats),
+    }
+
+
+def chosen(spec: Layer, policy: str = "auto") -> dict[str, str]:
+    """The formulation the policy picks for each role of a layer (float32)."""
+    cfg = spec.config()
+    with _algorithms.policy(policy):
+        return {role: _algorithms.choose(role, spec.x, spec.w, cfg, jnp.float32)
+                for role in _algorithms.ROLES}
+
+
+# --------------------------------------------------------------------------------------------
+# Training steps.
+# --------------------------------------------------------------------------------------------
+
+
+def _train_step(model, optimizer, grads: str):
+    import jaxconv
+
+    loss_fn = jaxconv.ops(grads).softmax_cross_entropy
+
+    def step(params, opt_state, x, y):
+        def loss(p):
+            return loss_fn(model.apply(p, x, grads=grads), y)
+
+        value, g = jax.value_and_grad(loss)(params)
+        updates, opt_state = optimizer.update(g, opt_state, params)
+        return jax.tree.map(lambda p, u: p + u, params, updates), opt_state, value
+
+    return step
+
+
+def memory_bytes(compiled) -> dict[str, int]:
+    """XLA's memory analysis of a compiled step: argument, output, temporary and peak bytes
+    (peak = arguments + outputs + temporaries, an upper bound that ignores aliasing)."""
+    m = compiled.memory_analysis()
+    arg, out, tmp = (int(getattr(m, f"{k}_size_in_bytes", 0)) for k in ("argument", "output",
+                                                                          "temp"))
+    return {"argument": arg, "output": out, "temp": tmp, "peak": arg + out + tmp}
+
+
+def _torch_train(name: str, x, y, lr: float):
+    """The same model in PyTorch (channels-first), one Adam step per call."""
+    torch = _torch()
+    nn = torch.nn
+    if name == "lenet5":
+        net = nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+        tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+    else:
+        net = nn.Sequential(
+            nn.Conv1d(1, 25, 5, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(25, 25, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(25, 25, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+            nn.Linear(125, 10))
+        tx = torch.from_numpy(np.asarray(x).transpose(0, 2, 1).copy())
+    ty = torch.from_numpy(np.asarray(y).astype(np.int64))
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(tx), ty)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def bench_train_step(name: str, repeats: int = 10, torch: bool = True) -> dict:
+    """One jitted training step (loss, gradients, Adam) of ``jaxconv.models.get(name)``."""
+    import optax
+
+    from jaxconv import models
+
+    shape, classes, hyper = TRAIN_STEPS[name]
+    model = models.get(name, **hyper)
+    kx, ky, kp = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, shape, jnp.float32)
+    y = jax.random.randint(ky, shape[:1], 0, classes)
+    params = model.init(kp, shape[1:], classes)
+    optimizer = optax.adam(1e-3)
+    opt_state = optimizer.init(params)
+    runners, memory = {}, {}
+    for variant, grads, policy in (("manual", "manual", "auto"), ("autodiff", "autodiff", "auto"),
+                                   ("jax_xla", "autodiff", "xla")):
+        step = _train_step(model, optimizer, grads)
+        with _algorithms.policy(policy):
+            compiled = jax.jit(step).lower(params, opt_state, x, y).compile()
+        memory[variant] = memory_bytes(compiled)
+        runners[variant] = (lambda c: lambda: c(params, opt_state, x, y))(compiled)
+    if torch and _torch() is not None:
+        runners["torch"] = _torch_train(name, x, y, 1e-3)
+    return {
+        "model": name,
+        "batch": shape[0],
+        "step": interleaved(runners, repeats),
+        "memory": memory,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries.
+# --------------------------------------------------------------------------------------------
+
+
+def geomean(values) -> float:
+    values = [v for v in values if v > 0]
+    return float(math.exp(sum(math.log(v) for v in values) / len(values))) if values else math.nan
+
+
+def layer_table(rows: list[dict], matmul: float) -> list[dict]:
+    """Flat rows per layer: ms (wall medians), GFLOP/s and fraction of the matmul rate of the
+    manual forward+backward, and the speed-ups of manual over each other variant, by wall time
+    and by CPU time."""
+    table = []
+    for r in rows:
+        fb, fw = r["forward_backward"], r["forward"]
+        nan = {"wall": math.nan, "cpu": math.nan}
+        gflops = 3 * r["flops"] / fb["manual"]["wall"] / 1e9
+        row = {
+            "layer": r["layer"],
+            "choice": "/".join(r["choice"][k] for k in _algorithms.ROLES),
+            "fwd_ms": fw["manual"]["wall"] * 1e3,
+            "fwd_xla_ms": fw["jax_xla"]["wall"] * 1e3,
+            "fwd_torch_ms": fw.get("torch", nan)["wall"] * 1e3,
+            "gflops": gflops,
+            "frac_mm": gflops / matmul,
+        }
+        for v in ("manual", "autodiff", "jax_xla", "torch"):
+            row[f"fb_{v}_ms"] = fb.get(v, nan)["wall"] * 1e3
+        for v in ("autodiff", "jax_xla", "torch"):
+            for stat in ("wall", "cpu"):
+                row[f"vs_{v}_{stat}"] = fb.get(v, nan)[stat] / fb["manual"][stat]
+        table.append(row)
+    return table
+
+
+def step_table(rows: list[dict]) -> list[dict]:
+    """Flat rows per training step: ms, speed-ups of manual, and peak memory ratios."""
+    table = []
+    for r in rows:
+        st, mem = r["step"], r["memory"]
+        nan = {"wall": math.nan, "cpu": math.nan}
+        row = {"model": r["model"], "batch": r["batch"]}
+        for v in ("manual", "autodiff", "jax_xla", "torch"):
+            row[f"{v}_ms"] = st.get(v, nan)["wall"] * 1e3
+        for v in ("autodiff", "jax_xla", "torch"):
+            for stat in ("wall", "cpu"):
+                row[f"vs_{v}_{stat}"] = st.get(v, nan)[stat] / st["manual"][stat]
+        for v in ("manual", "autodiff", "jax_xla"):
+            row[f"peak_{v}_MB"] = mem[v]["peak"] / 2**20
+        row["peak_manual_over_autodiff"] = mem["manual"]["peak"] / mem["autodiff"]["peak"]
+        row["peak_manual_over_jax_xla"] = mem["manual"]["peak"] / mem["jax_xla"]["peak"]
+        table.append(row)
+    return table
+
+
+def markdown(rows: list[dict], floats: str = "{:.2f}") -> str:
+    """A Markdown table of flat rows (the keys of the first row as the header)."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = [floats.format(v) if isinstance(v, float) else str(v) for v in (r[k] for k in keys)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
