@@ -3,12 +3,15 @@ hypothesis profiles (``default``: >= 200 examples per op; ``thorough``: >= 5,000
 ``--hypothesis-profile=thorough`` or ``HYPOTHESIS_PROFILE=thorough``)."""
 
 import os
+import tempfile
 
 # Must happen before jax is imported anywhere.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Hermetic: no user cache (data sets, measured convolution choices) leaks into the tests.
+os.environ["JAXCONV_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxconv-tests-")
 
 import jax  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

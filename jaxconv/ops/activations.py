@@ -70,8 +70,9 @@ def _tanh_fwd(x):
 
 
 def _tanh_bwd(t, dy):
-    """dx = dy · (1 − t²), from the saved output."""
-    return (dy * (1 - t * t),)
+    """dx = dy · (1 − t²), from the saved output, evaluated as (1 + t)(1 − t): as |t| → 1, t²
+    rounds to 1 and 1 − t·t loses every significant digit, while each factor stays exact."""
+    return (dy * (1 + t) * (1 - t),)
 
 
 def softplus_forward(x):

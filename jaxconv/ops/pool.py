@@ -25,6 +25,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxconv import _checks
@@ -42,7 +43,7 @@ def max_pool_forward(x, cfg: PoolConfig):
     """y[o] = max over the window at o·s of x padded with −∞."""
     return lax.reduce_window(
         x,
-        jnp.array(-jnp.inf, x.dtype),
+        np.array(-np.inf, x.dtype),
         lax.max,
         (1, *cfg.window, 1),
         (1, *cfg.stride, 1),
@@ -54,7 +55,7 @@ def avg_pool_forward(x, cfg: PoolConfig):
     """y[o] = (1/|W|) Σ over the window at o·s of x padded with zeros."""
     total = lax.reduce_window(
         x,
-        jnp.array(0, x.dtype),
+        np.array(0, x.dtype),
         lax.add,
         (1, *cfg.window, 1),
         (1, *cfg.stride, 1),

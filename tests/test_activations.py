@@ -1,0 +1,75 @@
+"""Elementwise activations: each rule dx = dy·f′(x) (from the saved output for sigmoid and tanh,
+the mask for relu) against JAX's derivative of the same forward, finite differences and every
+floating dtype."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import strategies as S
+from hypothesis import given
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+import jaxconv
+import jaxconv.autodiff
+
+NAMES = ["relu", "leaky_relu", "sigmoid", "tanh", "softplus"]
+# sup |f′| of the saturating activations: their gradient is compared relative to the largest one
+# the drawn dy can produce (see strategies.check_manual_equals_autodiff).
+MAX_SLOPE = {"sigmoid": 0.25, "tanh": 1.0}
+SLOPES = (0.0, 0.01, 0.2, 1.0)  # static: a few values, so that jit's cache is reused
+
+
+@st.composite
+def activation_inputs(draw):
+    """x of 0 to 3 axes (S.SHAPES), values of scale 0.1 to 30 (sigmoid/softplus saturation), with
+    exact zeros at random places (the kinks: relu′(0) = 0 and leaky_relu′(0) = α in both modes)."""
+    shape, dtype, seed = draw(S.shapes), draw(S.float_dtypes), draw(S.seeds)
+    scale = draw(st.sampled_from((0.1, 1.0, 30.0)))
+    x = S.normal(seed, shape, np.float64) * scale
+    x = np.where(S.normal(seed + 4, shape) > 1.0, 0.0, x).astype(dtype)
+    return x, seed
+
+
+@pytest.mark.parametrize("name", NAMES)
+@given(drawn=activation_inputs(), slope=st.sampled_from(SLOPES))
+def test_gradient_equals_autodiff(name, drawn, slope):
+    x, seed = drawn
+    static = (("negative_slope", slope),) if name == "leaky_relu" else ()
+    S.check_manual_equals_autodiff(name, static, (x,), seed=seed, max_slope=MAX_SLOPE.get(name))
+
+
+def test_kinks():
+    """relu′(0) = 0 and leaky_relu′(0) = α: the documented convention."""
+    x = jnp.array([-1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(jaxconv.relu(x)))(x), [0, 0, 1])
+    np.testing.assert_array_equal(
+        jax.grad(lambda x: jnp.sum(jaxconv.leaky_relu(x, 0.25)))(x), [0.25, 0.25, 1]
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_finite_differences(name):
+    """Away from the kinks (|x| >= 0.1 while the step is 1e-3)."""
+    x = S.normal(0, (3, 4))
+    x = np.where(np.abs(x) < 0.1, 0.5, x)
+    check_grads(jax.jit(getattr(jaxconv, name)), (x,), order=2, modes=["rev"])
+
+
+@pytest.mark.parametrize("dtype", S.ALL_FLOATS, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", NAMES)
+def test_dtypes(dtype, name):
+    x = jnp.asarray(S.normal(2, (4, 5)) * 3, dtype)
+    S.check_dtype_against_float64(name, (), (x,), seed=2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_jaxpr_holds_the_custom_vjp(name):
+    x = S.normal(0, (3,))
+    manual = S.primitive_names(jax.make_jaxpr(getattr(jaxconv, name))(x))
+    twin = S.primitive_names(jax.make_jaxpr(getattr(jaxconv.autodiff, name))(x))
+    assert "custom_vjp_call" in manual
+    assert not any(p.startswith("custom_vjp") for p in twin), twin

@@ -1,0 +1,127 @@
+"""Max and average pooling: the rules (dy routed to the first arg-max; dy spread evenly, dy/|W|)
+against JAX's derivative of the same forward, the tie rule and the divisor by hand, finite
+differences and every floating dtype."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import strategies as S
+from hypothesis import given
+from jax.test_util import check_grads
+
+import jaxconv
+import jaxconv.autodiff
+
+
+@given(case=S.pool_cases(), dtype=S.float_dtypes, seed=S.seeds)
+def test_max_pool_gradient_equals_autodiff(case, dtype, seed):
+    """Distinct input values (no ties, where the two modes may legitimately differ)."""
+    x = S.distinct(seed, case.x_shape, dtype)
+    S.check_manual_equals_autodiff("max_pool", case.static, (x,), seed=seed, policy="xla")
+
+
+@given(case=S.pool_cases(), dtype=S.float_dtypes, seed=S.seeds)
+def test_avg_pool_gradient_equals_autodiff(case, dtype, seed):
+    """The rule is the depthwise convolution's dx, computed here by XLA's convolution (its other
+    formulations are covered by test_conv)."""
+    x = S.normal(seed, case.x_shape, dtype)
+    S.check_manual_equals_autodiff("avg_pool", case.static, (x,), seed=seed, policy="xla")
+
+
+# --------------------------------------------------------------------------------------------
+# The rules by hand.
+# --------------------------------------------------------------------------------------------
+
+
+def _pullback(op, x, dy, **kwargs):
+    y, pullback = jax.vjp(lambda x: op(x, **kwargs), jnp.asarray(x))
+    return y, pullback(jnp.asarray(dy, y.dtype))[0]
+
+
+def test_max_pool_tie_goes_to_the_first_in_row_major_order():
+    """x[0, 1] and x[1, 0] share the window's maximum: (0, 1) comes first, row-major, and gets all
+    of dy; the other gets nothing."""
+    x = np.array([[0.0, 5.0], [5.0, 1.0]]).reshape(1, 2, 2, 1)
+    y, dx = _pullback(jaxconv.max_pool, x, [[[[3.0]]]], window=2)
+    np.testing.assert_array_equal(y, [[[[5.0]]]])
+    np.testing.assert_array_equal(dx[0, ..., 0], [[0.0, 3.0], [0.0, 0.0]])
+
+
+def test_max_pool_overlapping_windows_add_up():
+    """1-D, window 2, stride 1, all inputs equal: each window sends its dy to its own first
+    position, and the middle input, first of the second window, collects dy₂."""
+    x = np.ones((1, 3, 1))
+    _, dx = _pullback(jaxconv.max_pool, x, [[[2.0], [7.0]]], window=2, stride=1)
+    np.testing.assert_array_equal(dx[0, :, 0], [2.0, 7.0, 0.0])
+    # A shared arg-max collects from every window it wins.
+    x = np.array([0.0, 9.0, 1.0]).reshape(1, 3, 1)
+    _, dx = _pullback(jaxconv.max_pool, x, [[[2.0], [7.0]]], window=2, stride=1)
+    np.testing.assert_array_equal(dx[0, :, 0], [0.0, 9.0, 0.0])
+
+
+def test_max_pool_padding_never_wins():
+    """Padding is −∞: an all-negative window next to the padding routes dy to a real input."""
+    x = np.array([-3.0, -1.0, -2.0]).reshape(1, 3, 1)
+    y, dx = _pullback(jaxconv.max_pool, x, [[[1.0], [10.0]]], window=2, padding=((1, 0),))
+    np.testing.assert_array_equal(y[0, :, 0], [-3.0, -1.0])
+    np.testing.assert_array_equal(dx[0, :, 0], [1.0, 10.0, 0.0])
+
+
+def test_avg_pool_padding_counts_in_the_divisor():
+    """Window 3, padding (1, 1): every dy[o] is spread as dy[o]/3 over its window, the padded
+    positions included (their share is cropped away)."""
+    x = np.array([3.0, 6.0, 9.0]).reshape(1, 3, 1)
+    dy = np.array([3.0, 30.0, 300.0]).reshape(1, 3, 1)
+    y, dx = _pullback(jaxconv.avg_pool, x, dy, window=3, stride=1, padding=1)
+    np.testing.assert_allclose(y[0, :, 0], [(3 + 6) / 3, (3 + 6 + 9) / 3, (6 + 9) / 3])
+    np.testing.assert_allclose(dx[0, :, 0], [(3 + 30) / 3, (3 + 30 + 300) / 3, (30 + 300) / 3])
+
+
+# --------------------------------------------------------------------------------------------
+# Finite differences, dtypes, jaxprs.
+# --------------------------------------------------------------------------------------------
+
+FD_CASES = [
+    ((2, 7, 3), dict(window=3, stride=2, padding=((1, 2),))),
+    ((1, 5, 4, 2), dict(window=(2, 3), stride=1, padding="SAME")),
+    ((1, 3, 4, 3, 2), dict(window=2, stride=(1, 2, 1))),
+]
+
+
+@pytest.mark.parametrize("name", ["max_pool", "avg_pool"])
+@pytest.mark.parametrize("x_shape, kwargs", FD_CASES)
+def test_finite_differences(name, x_shape, kwargs):
+    """Central differences with step 1e-3 (the default) on inputs spaced by 1/8: no step crosses
+    a tie, so max pooling is smooth where it is probed."""
+    op = getattr(jaxconv, name)
+    check_grads(jax.jit(lambda x: op(x, **kwargs)), (S.distinct(0, x_shape),), order=2,
+                modes=["rev"])
+
+
+@pytest.mark.parametrize("dtype", S.ALL_FLOATS, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", ["max_pool", "avg_pool"])
+@pytest.mark.parametrize("x_shape, kwargs", FD_CASES[:2])
+def test_dtypes(dtype, name, x_shape, kwargs):
+    x = jnp.asarray(S.distinct(3, x_shape), dtype)  # exact in every dtype: no ties after rounding
+    S.check_dtype_against_float64(name, tuple(kwargs.items()), (x,), seed=3)
+
+
+@pytest.mark.parametrize("name", ["max_pool", "avg_pool"])
+def test_forward_jaxpr_holds_the_custom_vjp(name):
+    x = S.normal(0, (1, 4, 4, 2))
+    manual = S.primitive_names(jax.make_jaxpr(lambda x: getattr(jaxconv, name)(x, 2))(x))
+    twin = S.primitive_names(jax.make_jaxpr(lambda x: getattr(jaxconv.autodiff, name)(x, 2))(x))
+    assert "custom_vjp_call" in manual
+    assert not any(p.startswith("custom_vjp") for p in twin), twin
+
+
+def test_max_pool_gradient_has_no_loop_over_positions():
+    """The rule loops over the window's offsets in Python (unrolled, static), never over
+    positions: no while/scan in the gradient program."""
+    x = S.distinct(0, (2, 6, 6, 3))
+    names = S.primitive_names(jax.make_jaxpr(
+        jax.grad(lambda x: jnp.sum(jaxconv.max_pool(x, 2) ** 2)))(x))
+    assert not {"while", "scan"} & set(names), names
