@@ -1,0 +1,190 @@
+"""``jaxconv train``: train a model with the lecture's gradients (or JAX's) and report.
+
+With no arguments: cnn1d on MNIST-1D with manual gradients and the model's default recipe
+(``jaxconv.models.DEFAULTS``). The command parses, calls :func:`jaxconv.train.fit` and prints; a
+progress bar (rich, on stderr) shows each epoch's loss and accuracies, and one line on stdout gives
+the result. ``--quiet`` prints nothing but errors and warnings. Without ``--out`` nothing is
+written to disk; with ``--out DIR`` see :mod:`jaxconv.train` for the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxconv.cli import positive_float, positive_int
+
+DESCRIPTION = """\
+Train a model with the lecture's hand-derived gradients (--grads manual, the default) or with
+JAX's (--grads autodiff). Hyperparameters that are not given take the model's defaults.
+Without --out nothing is written; --out DIR receives metrics.jsonl, summary.json, curves.png and
+a checkpoint per epoch, and --resume continues from the newest checkpoint there."""
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return value
+
+
+def register(subparsers) -> None:
+    from jaxconv import data, models, train
+
+    p = subparsers.add_parser(
+        "train", help="train a model (default: cnn1d on MNIST-1D, manual gradients)",
+        description=DESCRIPTION,
+    )
+    # Choices are checked by jaxconv.train (one line, no usage dump); listed here for --help.
+    p.add_argument("--dataset", default="mnist1d", metavar="{" + ",".join(data.DATASETS) + "}",
+                   help="the dataset (default: mnist1d)")
+    p.add_argument("--model", default="cnn1d", metavar="{" + ",".join(models.MODELS) + "}",
+                   help="the model (default: cnn1d)")
+    p.add_argument("--grads", default="manual", metavar="{" + ",".join(train.GRADS) + "}",
+                   help="gradients from the lecture's rules (manual) or from jax.grad (autodiff)")
+    p.add_argument("--optimizer", metavar="{" + ",".join(train.OPTIMIZERS) + "}",
+                   help="the optax optimizer (sgd has momentum; default: the model's)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the model's)")
+    p.add_argument("--schedule", metavar="{" + ",".join(train.SCHEDULES) + "}",
+                   help="learning-rate schedule (default: the model's)")
+    p.add_argument("--weight-decay", type=_non_negative_float,
+                   help="adamw's weight decay (default: the model's)")
+    p.add_argument("--momentum", type=_non_negative_float,
+                   help=f"sgd's momentum (default: {train.FALLBACK_DEFAULTS['momentum']})")
+    p.add_argument("--epochs", type=positive_int, help="epochs (default: the model's)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="examples per step; the last partial batch of an epoch is dropped "
+                   "(default: the model's)")
+    p.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="seed of the initial parameters and of the data order (default: 0)")
+    p.add_argument("--data-dir", help="directory of the MNIST IDX files (--dataset mnist)")
+    p.add_argument("--out", metavar="DIR", help="write metrics, summary, plots and checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--compare", action="store_true",
+                   help="also train the other gradient mode from the same initial parameters on "
+                   "the same batches, and report the differences")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+    dist = p.add_argument_group(
+        "data parallelism", "the batch is split over devices along the mesh axis 'data'; with "
+        "several processes (hosts), every process runs this same command with its own "
+        "--process-id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
+    dist.add_argument("--devices", type=positive_int,
+                      help="devices to split each batch over (default: all devices)")
+    dist.add_argument("--coordinator", metavar="HOST:PORT",
+                      help="address of process 0, for a multi-process run")
+    dist.add_argument("--num-processes", type=positive_int, help="processes in the run")
+    dist.add_argument("--process-id", type=_non_negative_int, help="this process's index")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+
+    from jaxconv import data, distributed
+    from jaxconv.train import TrainConfig, fit
+
+    # Before any other JAX computation: join the multi-process run, if one is configured.
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    quiet = args.quiet or jax.process_index() > 0  # one process reports
+
+    config = TrainConfig(
+        dataset=args.dataset, model=args.model, grads=args.grads, optimizer=args.optimizer,
+        lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, schedule=args.schedule,
+        weight_decay=args.weight_decay, momentum=args.momentum, seed=args.seed,
+        data_dir=args.data_dir, out=args.out, resume=args.resume, compare=args.compare,
+        devices=args.devices, quiet=quiet,
+    ).resolved()
+    dataset = data.load(config.dataset, data_dir=config.data_dir)
+    with _Reporter(quiet=config.quiet) as reporter:
+        result = fit(config, dataset, callback=reporter)
+    if not config.quiet:
+        print(_result_line(result.summary))
+        if config.compare:
+            print(_compare_line(result.summary["compare"]))
+        if config.out is not None:
+            print(f"wrote {config.out}/summary.json, metrics.jsonl and plots")
+    return 0
+
+
+def _result_line(s: dict) -> str:
+    return (f"{s['model']} on {s['dataset']} ({s['grads']} gradients, seed {s['seed']}): "
+            f"test accuracy {100 * s['test_accuracy']:.2f}%, final loss {s['final_loss']:.4f}, "
+            f"{s['steps']} steps in {s['train_seconds']:.1f} s (+{s['compile_seconds']:.1f} s "
+            f"compiling) on {s['devices']} device{'s' if s['devices'] > 1 else ''}"
+            + (f" in {s['processes']} processes" if s["processes"] > 1 else ""))
+
+
+def _compare_line(c: dict) -> str:
+    a, b = c["grads"]
+    return (f"{a} vs {b}: max |loss difference| {c['max_loss_diff']:.3g}, max |parameter "
+            f"difference| {c['max_param_diff']:.3g}; test accuracy "
+            f"{100 * c['test_accuracy'][a]:.2f}% vs {100 * c['test_accuracy'][b]:.2f}%; "
+            f"train seconds {c['train_seconds'][a]:.1f} vs {c['train_seconds'][b]:.1f}")
+
+
+class _Reporter:
+    """The callback of :func:`jaxconv.train.fit`: a rich progress bar over the epochs (stderr),
+    and notices (damaged checkpoints, fresh starts) as one line each on stderr, quiet or not."""
+
+    def __init__(self, *, quiet: bool):
+        self.quiet = quiet
+        self.progress = None
+        self.task = None
+
+    def __enter__(self) -> _Reporter:
+        if not self.quiet:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(),
+                console=Console(stderr=True), transient=False,
+            )
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, event: str, info: dict) -> None:
+        if event == "notice":
+            line = f"jaxconv train: {info['message']}"
+            if self.progress is not None:
+                self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            else:
+                print(line, file=sys.stderr, flush=True)
+        if self.progress is None:
+            return
+        if event == "start":
+            self.task = self.progress.add_task(
+                "epoch", total=info["epochs"],
+                completed=info["start_epoch"], metrics="compiling...",
+            )
+        elif event == "epoch":
+            self.progress.update(
+                self.task, completed=info["epoch"],
+                metrics=f"loss {info['train_loss']:.4f}  acc {100 * info['train_accuracy']:.1f}%"
+                f"  test acc {100 * info['test_accuracy']:.1f}%",
+            )
