@@ -1,0 +1,244 @@
+"""jaxconv.gradcheck and ``jaxconv gradcheck``: the grid, the measures, the JSON rows, the exit
+codes, and that a deliberately broken rule fails."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxconv
+from jaxconv import gradcheck as gc
+from jaxconv.cli import main
+from jaxconv.ops._twins import twins
+from jaxconv.ops.conv import _conv_front, conv_db, conv_dw, conv_forward
+
+# --------------------------------------------------------------------------------------------
+# Deliberately broken rules, injected as the "manual" op.
+# --------------------------------------------------------------------------------------------
+
+
+def _broken_conv_bwd(cfg, residuals, dy):
+    """The rule with the kernel *not* rotated: dx = full-conv(w, dy) instead of rot180 w."""
+    x, w, b = residuals
+    flipped = jnp.flip(w, axis=tuple(range(cfg.nd)))  # conv_dx rotates: pre-rotating undoes it
+    from jaxconv.ops.conv import conv_dx
+
+    dx = conv_dx(dy, flipped, x.shape[1:-1], cfg)
+    return dx, conv_dw(x, dy, w.shape[: cfg.nd], cfg), None if b is None else conv_db(dy)
+
+
+_broken_core = jax.custom_vjp(conv_forward, nondiff_argnums=(3,))
+_broken_core.defvjp(lambda x, w, b, cfg: (conv_forward(x, w, b, cfg), (x, w, b)),
+                    _broken_conv_bwd)
+BROKEN_CONV, _ = twins(_conv_front, _broken_core, conv_forward)
+
+
+@jax.custom_vjp
+def _broken_sigmoid_core(x):
+    return jax.nn.sigmoid(x)
+
+
+_broken_sigmoid_core.defvjp(
+    lambda x: (jax.nn.sigmoid(x), jax.nn.sigmoid(x)),
+    lambda s, dy: (dy * s,),  # forgot the (1 − s)
+)
+
+
+def BROKEN_SIGMOID(x):
+    return _broken_sigmoid_core(x)
+
+
+def _conv_cases(dtypes=("float64", "float32")):
+    # stride 1, FULL padding, 1-D and 2-D: the first grid entries are small and fast.
+    return [c for c in gc.default_grid(["conv"], dtypes) if c.config["kernel"] == (3,)][:2 * len(
+        dtypes)]
+
+
+# --------------------------------------------------------------------------------------------
+# The grid.
+# --------------------------------------------------------------------------------------------
+
+
+def test_default_grid_has_at_least_200_rows_and_covers_the_space():
+    cases = gc.default_grid()
+    assert len(cases) >= 200
+    assert {c.op for c in cases} == set(gc.OPS)
+    assert {c.dtype for c in cases} == set(gc.DTYPES)
+    conv = [c.config for c in cases if c.op == "conv"]
+    assert {len(c["in_size"]) for c in conv} == {1, 2, 3}
+    assert {c["stride"][0] for c in conv} >= {1, 2}
+    assert {c["dilation"][0] for c in conv} >= {1, 2}
+    assert {c["groups"] for c in conv} >= {1, 2}
+    kinds = {p if isinstance(p, str) else type(p).__name__ for p in (c["padding"] for c in conv)}
+    assert kinds >= {"VALID", "SAME", "FULL", "int", "tuple"}
+    assert {c["layout"] for c in conv} == {"channels_last", "channels_first"}
+    pools = [c.config for c in cases if c.op == "max_pool"]
+    assert {len(c["in_size"]) for c in pools} == {1, 2, 3}
+
+
+def test_grid_limit_and_names_are_checked():
+    assert len(gc.default_grid(["relu"], ["float32"], limit=2)) == 2
+    with pytest.raises(ValueError, match="ops must be names from"):
+        gc.default_grid(["conv", "nope"])
+    with pytest.raises(ValueError, match="dtypes must be names from"):
+        gc.default_grid(dtypes=["float16"])
+    with pytest.raises(ValueError, match="limit must be a positive int"):
+        gc.default_grid(limit=0)
+
+
+def test_random_cases_are_reproducible_and_valid():
+    a = gc.random_cases(40, seed=3)
+    assert a == gc.random_cases(40, seed=3)
+    assert a != gc.random_cases(40, seed=4)
+    assert all(c.source == "random" for c in a)
+    # every drawn configuration is accepted by the op's own validation
+    for c in a:
+        args, call = gc._BUILDERS[c.op](c.config, gc.case_rng(c, 0))
+        jax.eval_shape(lambda *xs, c=c, call=call: call(getattr(jaxconv, c.op), *xs), *args)
+
+
+# --------------------------------------------------------------------------------------------
+# The measures.
+# --------------------------------------------------------------------------------------------
+
+
+def test_ulp_distance_counts_float32_steps():
+    one = np.float32(1.0)
+    assert gc.ulp_distance(one, np.nextafter(one, np.float32(2))) == 1
+    assert gc.ulp_distance(one, np.float32(2.0)) == 2**23
+    assert gc.ulp_distance(np.float32(0.0), np.float32(-0.0)) == 0
+    tiny = np.float32(1e-45)  # the smallest subnormal: -tiny, ±0, +tiny are 2 steps apart
+    assert gc.ulp_distance(tiny, -tiny) == 2
+    a = np.array([1.5, -3.0], np.float32)
+    b = np.nextafter(np.nextafter(a, np.float32(0)), np.float32(0))
+    np.testing.assert_array_equal(gc.ulp_distance(a, b), [2, 2])
+
+
+def test_correct_rules_pass_with_every_measure():
+    results = gc.run(_conv_cases(("float64", "float32", "bfloat16")))
+    assert results and all(r.passed for r in results)
+    for r in results:
+        assert r.max_rel_err <= r.rtol == gc.TOLERANCES[r.case.dtype]
+        if r.case.dtype == "float64":
+            assert r.fd_rel_err is not None and r.fd_rel_err <= gc.FD_RTOL
+            assert r.max_ulp is None
+        elif r.case.dtype == "float32":
+            assert isinstance(r.max_ulp, int) and r.fd_rel_err is None
+        else:
+            assert r.max_ulp is None and r.fd_rel_err is None
+
+
+def test_same_configuration_sees_the_same_numbers_in_every_dtype():
+    case64, case32 = _conv_cases()[:2]
+    assert case64.config == case32.config and case64.dtype != case32.dtype
+    a, _ = gc._BUILDERS["conv"](case64.config, gc.case_rng(case64, 0))
+    b, _ = gc._BUILDERS["conv"](case32.config, gc.case_rng(case32, 0))
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_a_broken_conv_rule_fails_against_autodiff_and_finite_differences():
+    pairs = {"conv": (BROKEN_CONV, jaxconv.autodiff.conv)}
+    results = gc.run(_conv_cases(), pairs)
+    assert results and not any(r.passed for r in results)
+    assert all(r.max_rel_err > 1e-2 for r in results)
+    assert all(r.fd_rel_err > 1e-2 for r in results if r.case.dtype == "float64")
+
+
+def test_finite_differences_catch_a_rule_even_when_autodiff_agrees_with_it():
+    """Both sides broken the same way: only the float64 finite differences can tell."""
+    case = gc.default_grid(["sigmoid"], ["float64"], limit=1)[0]
+    [r] = gc.run([case], {"sigmoid": (BROKEN_SIGMOID, BROKEN_SIGMOID)})
+    assert r.max_rel_err == 0
+    assert r.fd_rel_err > 0.1 and not r.passed
+
+
+def test_run_needs_float64_and_known_ops():
+    with pytest.raises(ValueError, match="no ops given"):
+        gc.run(gc.default_grid(["relu"], limit=1), {"mse": (jaxconv.mse, jaxconv.autodiff.mse)})
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with pytest.raises(RuntimeError, match="jax_enable_x64"):
+            gc.run(gc.default_grid(["relu"], limit=1))
+    finally:
+        jax.config.update("jax_enable_x64", True)
+
+
+# --------------------------------------------------------------------------------------------
+# The command.
+# --------------------------------------------------------------------------------------------
+
+JSON_KEYS = {"op", "config", "dtype", "source", "max_abs_err", "max_rel_err", "max_ulp_f32",
+             "fd_rel_err", "rtol", "fd_rtol", "passed", "seconds"}
+
+
+def test_cli_tables_json_and_exit_code_0(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    rc = main(["gradcheck", "--ops", "relu,mse", "--limit", "1", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    for needle in ("relu: manual VJP vs autodiff VJP (3 rows)", "mse: manual VJP vs autodiff",
+                   "max abs err", "max rel err", "max ULP (f32)", "FD rel err (f64)", "PASS",
+                   "rtol (float64 1e-12, float32 1e-05, bfloat16 1e-01)", "FD rel err <= 1e-06",
+                   "summary",
+                   "6 rows checked", "6 passed, 0 failed"):
+        assert needle in text, needle
+    assert "FAIL" not in text
+    rows = json.loads(out.read_text())
+    assert len(rows) == 6
+    assert {(r["op"], r["dtype"]) for r in rows} == {
+        (op, d) for op in ("relu", "mse") for d in gc.DTYPES}
+    for r in rows:
+        assert set(r) == JSON_KEYS
+        assert isinstance(r["config"], dict) and r["passed"] is True
+        assert isinstance(r["max_abs_err"], float) and isinstance(r["max_rel_err"], float)
+        assert r["rtol"] == gc.TOLERANCES[r["dtype"]]
+        assert (r["fd_rel_err"] is None) == (r["dtype"] != "float64")
+        assert (r["max_ulp_f32"] is None) == (r["dtype"] != "float32")
+
+
+def test_cli_random_rows(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    rc = main(["gradcheck", "--ops", "sigmoid,dense", "--no-grid", "--random", "3", "--seed",
+               "5", "--json", str(out)])
+    assert rc == 0
+    assert "[random]" in capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    assert len(rows) == 3 and all(r["source"] == "random" for r in rows)
+
+
+def test_cli_exits_1_and_shows_the_failure_for_a_broken_rule(monkeypatch, tmp_path, capsys):
+    broken = {**gc.default_pairs(), "conv": (BROKEN_CONV, jaxconv.autodiff.conv)}
+    monkeypatch.setattr(gc, "default_pairs", lambda: broken)
+    out = tmp_path / "rows.json"
+    rc = main(["gradcheck", "--ops", "conv", "--limit", "1", "--dtypes", "float64",
+               "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 1
+    assert "FAIL" in text and "0 passed, 1 failed" in text
+    [row] = json.loads(out.read_text())
+    assert row["passed"] is False and row["max_rel_err"] > row["rtol"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["gradcheck", "--no-grid"],
+    ["gradcheck", "--ops", "relu", "--json", "/nonexistent-dir/rows.json"],
+])
+def test_cli_user_errors_exit_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxconv gradcheck: error:") and "\n" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["gradcheck", "--ops", "nope"],
+    ["gradcheck", "--dtypes", "float16"],
+    ["gradcheck", "--random", "-1"],
+    ["gradcheck", "--limit", "0"],
+])
+def test_cli_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
