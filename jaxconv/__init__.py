@@ -32,6 +32,18 @@ def ops(grads: str = "manual"):
     raise ValueError(f"grads must be 'manual' or 'autodiff', got {grads!r}")
 
 
+_SUBMODULES = ("data", "distributed", "gradcheck", "explain", "models", "train", "bench")
+
+
+def __getattr__(name: str):
+    """Import the heavier submodules (optax, orbax, data sets) only when first used."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"jaxconv.{name}")
+    raise AttributeError(f"module 'jaxconv' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__", "autodiff", "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "dense",
     "leaky_relu", "max_pool", "mse", "ops", "relu", "sigmoid", "softmax_cross_entropy", "softplus",
