@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from jaxconv.cli import CLIError, positive_int
+from jaxconv.cli import CLIError, non_negative_int, positive_int
 
 
 def register(subparsers) -> None:
@@ -39,9 +39,9 @@ def register(subparsers) -> None:
                    help="only the first N grid configurations of each op (a quick run)")
     p.add_argument("--no-grid", action="store_true",
                    help="skip the built-in grid (use with --random)")
-    p.add_argument("--random", type=_non_negative_int, default=0, metavar="N",
+    p.add_argument("--random", type=non_negative_int, default=0, metavar="N",
                    help="also check N random configurations (default 0)")
-    p.add_argument("--seed", type=_non_negative_int, default=0,
+    p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the random configurations and of every input (default 0)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE",
                    help="write every row as a JSON object (a JSON list) to FILE")
@@ -61,16 +61,6 @@ def _names(kind: str, allowed: tuple[str, ...]):
         return names
 
     return parse
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def _fmt(value: float | None, spec: str = ".2e") -> str:

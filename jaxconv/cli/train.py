@@ -12,33 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxconv.cli import positive_float, positive_int
+from jaxconv.cli import non_negative_float, non_negative_int, positive_float, positive_int
 
 DESCRIPTION = """\
 Train a model with the lecture's hand-derived gradients (--grads manual, the default) or with
 JAX's (--grads autodiff). Hyperparameters that are not given take the model's defaults.
 Without --out nothing is written; --out DIR receives metrics.jsonl, summary.json, curves.png and
 a checkpoint per epoch, and --resume continues from the newest checkpoint there."""
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -60,15 +40,15 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the model's)")
     p.add_argument("--schedule", metavar="{" + ",".join(train.SCHEDULES) + "}",
                    help="learning-rate schedule (default: the model's)")
-    p.add_argument("--weight-decay", type=_non_negative_float,
+    p.add_argument("--weight-decay", type=non_negative_float,
                    help="adamw's weight decay (default: the model's)")
-    p.add_argument("--momentum", type=_non_negative_float,
+    p.add_argument("--momentum", type=non_negative_float,
                    help=f"sgd's momentum (default: {train.FALLBACK_DEFAULTS['momentum']})")
     p.add_argument("--epochs", type=positive_int, help="epochs (default: the model's)")
     p.add_argument("--batch-size", type=positive_int,
                    help="examples per step; the last partial batch of an epoch is dropped "
                    "(default: the model's)")
-    p.add_argument("--seed", type=_non_negative_int, default=0,
+    p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the initial parameters and of the data order (default: 0)")
     p.add_argument("--data-dir", help="directory of the MNIST IDX files (--dataset mnist)")
     p.add_argument("--out", metavar="DIR", help="write metrics, summary, plots and checkpoints")
@@ -87,7 +67,7 @@ def register(subparsers) -> None:
     dist.add_argument("--coordinator", metavar="HOST:PORT",
                       help="address of process 0, for a multi-process run")
     dist.add_argument("--num-processes", type=positive_int, help="processes in the run")
-    dist.add_argument("--process-id", type=_non_negative_int, help="this process's index")
+    dist.add_argument("--process-id", type=non_negative_int, help="this process's index")
     p.set_defaults(run=run)
 
 
