@@ -52,13 +52,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # mlp on MNIST-1D, lenet5 on the 8×8 digits. The MNIST-1D paper trained every model with
     # Adam, lr 1e-2, batch 100 and 6,000 constant-rate steps; that recipe gave cnn1d ~92% and
     # mlp ~67% here (sweeps over 3 to 5 seeds), so cnn1d takes batches of 25 under a cosine
-    # decay (~95.9% in the sweep) and mlp a decoupled weight decay (~68.8%).
+    # decay with a small decoupled weight decay for 100 epochs (seeds 0-4 on the CPU: 95.6, 94.7,
+    # 94.9, 94.2, 95.1%; 60 epochs of plain Adam gave 93.9% over seeds 0-2) and mlp a larger
+    # decoupled weight decay (~68.8%).
     "perceptron": {"optimizer": "adam", "lr": 1e-2, "schedule": "cosine", "epochs": 50,
                    "batch_size": 100, "weight_decay": 0.0},
     "mlp": {"optimizer": "adamw", "lr": 1e-2, "schedule": "cosine", "epochs": 150,
             "batch_size": 100, "weight_decay": 0.1},
-    "cnn1d": {"optimizer": "adam", "lr": 1e-2, "schedule": "cosine", "epochs": 60,
-              "batch_size": 25, "weight_decay": 0.0},
+    "cnn1d": {"optimizer": "adamw", "lr": 1e-2, "schedule": "cosine", "epochs": 100,
+              "batch_size": 25, "weight_decay": 1e-2},
     "tcn1d": {"optimizer": "adam", "lr": 1e-2, "schedule": "cosine", "epochs": 20,
               "batch_size": 100, "weight_decay": 0.0},
     "lenet5": {"optimizer": "adam", "lr": 3e-3, "schedule": "cosine", "epochs": 50,
