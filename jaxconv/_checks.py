@@ -9,7 +9,6 @@ explicit ``(low, high)`` pads) that the ops carry as static, never-traced argume
 from __future__ import annotations
 
 import dataclasses
-import math
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -321,10 +320,6 @@ def same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
             f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and "
             f"{tuple(b.shape)}"
         )
-
-
-def size(shape: Sequence[int]) -> int:
-    return math.prod(shape)
 
 
 def non_negative(name: str, value: Any) -> float:

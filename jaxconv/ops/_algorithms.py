@@ -144,12 +144,12 @@ def _pad(x: jax.Array, cfg: ConvConfig) -> jax.Array:
     )
 
 
-def _offsets(kernel) -> Iterator[tuple[int, ...]]:
+def offsets(kernel) -> Iterator[tuple[int, ...]]:
     """Kernel offsets k in row-major order (the order of w.reshape(|K|, ...))."""
     return itertools.product(*(range(k) for k in kernel))
 
 
-def _view(x_pad: jax.Array, offset, out, cfg: ConvConfig) -> jax.Array:
+def view(x_pad: jax.Array, offset, out, cfg: ConvConfig) -> jax.Array:
     """view_k(x) = x_pad[n, o·s + k·d, c] for every output o: (N, *O, C), one strided slice."""
     start = (0, *(k * d for k, d in zip(offset, cfg.dilation, strict=True)), 0)
     limit = (
@@ -161,7 +161,7 @@ def _view(x_pad: jax.Array, offset, out, cfg: ConvConfig) -> jax.Array:
     return lax.slice(x_pad, start, limit, (1, *cfg.stride, 1))
 
 
-def _scatter(v: jax.Array, offset, padded, cfg: ConvConfig) -> jax.Array:
+def scatter(v: jax.Array, offset, padded, cfg: ConvConfig) -> jax.Array:
     """scatter_k, the adjoint of view_k: v[n, o, c] goes to x_pad[n, o·s + k·d, c], zeros
     elsewhere; ``padded`` is the padded spatial size I + lo + hi."""
     config = [(0, 0, 0)]
@@ -172,7 +172,7 @@ def _scatter(v: jax.Array, offset, padded, cfg: ConvConfig) -> jax.Array:
     return lax.pad(v, jnp.array(0, v.dtype), config)
 
 
-def _crop(dx_pad: jax.Array, in_size, cfg: ConvConfig) -> jax.Array:
+def crop(dx_pad: jax.Array, in_size, cfg: ConvConfig) -> jax.Array:
     """dx = dx_pad[lo : lo + I]: the forward's padding is cropped off."""
     if not any(lo or hi for lo, hi in cfg.padding):
         return dx_pad
@@ -239,7 +239,7 @@ def _patches(x: jax.Array, kernel, cfg: ConvConfig) -> jax.Array:
     """im2col: the |K| views stacked: (N, *O, |K|, C_in)."""
     x_pad = _pad(x, cfg)
     out = out_spatial(x.shape[1:-1], kernel, cfg)
-    return jnp.stack([_view(x_pad, k, out, cfg) for k in _offsets(kernel)], axis=-2)
+    return jnp.stack([view(x_pad, k, out, cfg) for k in offsets(kernel)], axis=-2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,8 +267,8 @@ def forward_shifted(x: jax.Array, w: jax.Array, cfg: ConvConfig) -> jax.Array:
     out = out_spatial(x.shape[1:-1], kernel, cfg)
     w_flat = w.reshape(-1, *w.shape[-2:])
     y = None
-    for i, k in enumerate(_offsets(kernel)):
-        term = _apply(_view(x_pad, k, out, cfg), w_flat[i], cfg.groups)
+    for i, k in enumerate(offsets(kernel)):
+        term = _apply(view(x_pad, k, out, cfg), w_flat[i], cfg.groups)
         y = term if y is None else y + term
     return y
 
@@ -329,10 +329,10 @@ def dx_shifted(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.Arr
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_size, cfg.padding, strict=True))
     w_flat = w.reshape(-1, *w.shape[-2:])
     dx_pad = None
-    for i, k in enumerate(_offsets(kernel)):
-        term = _scatter(_apply_t(dy, w_flat[i], cfg.groups), k, padded, cfg)
+    for i, k in enumerate(offsets(kernel)):
+        term = scatter(_apply_t(dy, w_flat[i], cfg.groups), k, padded, cfg)
         dx_pad = term if dx_pad is None else dx_pad + term
-    return _crop(dx_pad, in_size, cfg)
+    return crop(dx_pad, in_size, cfg)
 
 
 def dx_col2im(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.Array:
@@ -351,10 +351,10 @@ def dx_col2im(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.Arra
         ).reshape(*lead, n_k, g * c_in_g)
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_size, cfg.padding, strict=True))
     dx_pad = None
-    for i, k in enumerate(_offsets(kernel)):
-        term = _scatter(dcols[..., i, :], k, padded, cfg)
+    for i, k in enumerate(offsets(kernel)):
+        term = scatter(dcols[..., i, :], k, padded, cfg)
         dx_pad = term if dx_pad is None else dx_pad + term
-    return _crop(dx_pad, in_size, cfg)
+    return crop(dx_pad, in_size, cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ def dw_shifted(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> jax.Arra
     """dw[k] = view_k(x)ᵀ · dy: |K| products (C_in, N·O) × (N·O, C_out), stacked."""
     x_pad = _pad(x, cfg)
     out = dy.shape[1:-1]
-    dw = [_outer(_view(x_pad, k, out, cfg), dy, cfg.groups) for k in _offsets(kernel)]
+    dw = [_outer(view(x_pad, k, out, cfg), dy, cfg.groups) for k in offsets(kernel)]
     return jnp.stack(dw).reshape(*kernel, *dw[0].shape)
 
 

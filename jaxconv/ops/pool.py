@@ -20,7 +20,6 @@ elementwise op on the whole output; nothing loops over positions.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import jax
@@ -30,6 +29,7 @@ from jax import lax
 
 from jaxconv import _checks
 from jaxconv._checks import ConvConfig, PoolConfig
+from jaxconv.ops import _algorithms
 from jaxconv.ops._twins import twins
 from jaxconv.ops.conv import conv_dx
 
@@ -64,52 +64,40 @@ def avg_pool_forward(x, cfg: PoolConfig):
     return total / math.prod(cfg.window)
 
 
-def _window_view(x_pad, offset, out_shape, stride):
-    """x_pad[n, o·s + k, c] for every output position o: one strided slice."""
-    start = (0, *offset, 0)
-    limit = (
-        out_shape[0],
-        *((o - 1) * s + k + 1 for o, s, k in zip(out_shape[1:-1], stride, offset, strict=True)),
-        out_shape[-1],
-    )
-    return lax.slice(x_pad, start, limit, (1, *stride, 1))
-
-
-def _scatter_window(v, offset, padded_shape, stride):
-    """Adjoint of :func:`_window_view`: v[n, o, c] goes to x_pad[n, o·s + k, c], zeros elsewhere."""
-    config = [(0, 0, 0)]
-    for o, s, k, p in zip(v.shape[1:-1], stride, offset, padded_shape[1:-1], strict=True):
-        config.append((k, p - k - (o - 1) * s - 1, s - 1))
-    config.append((0, 0, 0))
-    return lax.pad(v, jnp.array(0, v.dtype), config)
+def _as_conv(cfg: PoolConfig, groups: int) -> ConvConfig:
+    """The window's bookkeeping as a convolution's: same stride and padding, no dilation."""
+    return ConvConfig(stride=cfg.stride, padding=cfg.padding, dilation=(1,) * len(cfg.window),
+                      groups=groups)
 
 
 def max_pool_dx(x, y, dy, cfg: PoolConfig):
-    """Route each dy[o] to the first arg-max of its window; crop the padding."""
+    """Route each dy[o] to the first arg-max of its window; crop the padding.
+
+    The window views and their adjoint scatters are the convolution's (``view_k``, ``scatter_k``
+    in :mod:`jaxconv.ops._algorithms`), with the kernel offsets k replaced by window offsets.
+    """
+    window = _as_conv(cfg, groups=1)
     x_pad = lax.pad(
-        x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in cfg.padding),
-                                          (0, 0, 0)]
+        x, np.array(-np.inf, x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in cfg.padding),
+                                        (0, 0, 0)]
     )
+    padded, out = x_pad.shape[1:-1], y.shape[1:-1]
     dx_pad = jnp.zeros(x_pad.shape, dy.dtype)
     taken = jnp.zeros(y.shape, bool)
-    for offset in itertools.product(*(range(k) for k in cfg.window)):
-        hit = (_window_view(x_pad, offset, y.shape, cfg.stride) == y) & ~taken
+    for offset in _algorithms.offsets(cfg.window):
+        hit = (_algorithms.view(x_pad, offset, out, window) == y) & ~taken
         taken = taken | hit
-        dx_pad = dx_pad + _scatter_window(
-            jnp.where(hit, dy, jnp.zeros_like(dy)), offset, x_pad.shape, cfg.stride
+        dx_pad = dx_pad + _algorithms.scatter(
+            jnp.where(hit, dy, jnp.zeros_like(dy)), offset, padded, window
         )
-    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(cfg.padding, x.shape[1:-1], strict=True))
-    return dx_pad[(slice(None), *crop, slice(None))]
+    return _algorithms.crop(dx_pad, cfg.in_size, window)
 
 
 def avg_pool_dx(dy, cfg: PoolConfig):
     """dx = full-conv(rot180(1/|W|), dy): the depthwise-convolution rule with a constant kernel."""
     channels = dy.shape[-1]
     kernel = jnp.full((*cfg.window, 1, channels), 1 / math.prod(cfg.window), dy.dtype)
-    as_conv = ConvConfig(
-        stride=cfg.stride, padding=cfg.padding, dilation=(1,) * len(cfg.window), groups=channels
-    )
-    return conv_dx(dy, kernel, cfg.in_size, as_conv)
+    return conv_dx(dy, kernel, cfg.in_size, _as_conv(cfg, groups=channels))
 
 
 def _max_pool_fwd(x, cfg):
