@@ -24,9 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxconv._io import atomic_open
 
 DAMAGED_DIR = "damaged_checkpoints"
 MANIFEST = "jaxconv_files.json"
@@ -113,10 +113,8 @@ class Checkpoints:
         self._manager.wait_until_finished()
         step_dir = self.directory / str(step)
         manifest = json.dumps(_file_manifest(step_dir), indent=1)
-        fd, tmp = tempfile.mkstemp(dir=step_dir, prefix=f".{MANIFEST}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
+        with atomic_open(step_dir / MANIFEST) as f:
             f.write(manifest)
-        os.replace(tmp, step_dir / MANIFEST)
 
     def restore_latest(
         self, target: Any, *, check: Callable[[dict], None] | None = None

@@ -42,7 +42,6 @@ import os
 import pathlib
 import random
 import struct
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -51,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from jaxconv._checks import _describe
+from jaxconv._io import atomic_open
 
 DATASETS = ("mnist1d", "digits", "mnist")
 
@@ -278,17 +278,8 @@ def _read_mnist1d_cache(path: pathlib.Path, key: str, args: dict[str, Any]) -> d
 
 def _write_atomically(path: pathlib.Path, arrays: dict[str, Any]) -> None:
     """Write an ``.npz`` to a temporary file beside ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _load_mnist1d(cache_dir: pathlib.Path) -> Dataset:

@@ -52,8 +52,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +65,7 @@ import optax
 import jaxconv
 from jaxconv import _checks, distributed
 from jaxconv import data as data_lib
+from jaxconv._io import atomic_open
 
 GRADS = ("manual", "autodiff")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -659,12 +658,5 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        f.write(text)

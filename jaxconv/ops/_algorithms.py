@@ -62,7 +62,6 @@ import itertools
 import json
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -73,6 +72,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxconv._checks import ConvConfig
+from jaxconv._io import atomic_open
 
 POLICIES = ("xla", "auto", "measure")
 ROLES = ("forward", "dx", "dw")
@@ -535,16 +535,8 @@ def load_cache() -> dict[str, str]:
 def _save_cache(entries: dict[str, str]) -> None:
     """Write the cache atomically (temp file in the same folder, then ``os.replace``); a cache
     that cannot be written is silently skipped: it is an optimisation, never a requirement."""
-    path = cache_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".conv_algorithms.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": CACHE_VERSION, "choices": entries}, f, indent=0, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError, UnboundLocalError):
-            os.unlink(tmp)
+    with contextlib.suppress(OSError), atomic_open(cache_path()) as f:
+        json.dump({"version": CACHE_VERSION, "choices": entries}, f, indent=0, sort_keys=True)
 
 
 def _cached(role: str, prob: dict, backend: str, names) -> str | None:
