@@ -117,7 +117,8 @@ def main() -> None:
         f"`{info['command']}`: {info['cpus']} CPUs, {info['platform']}, jax {info['jax']}, "
         f"torch {info['torch']}, policy {info['policy']}; float32 matmul {matmul:.1f} GFLOP/s; "
         f"load average {info['load_before'][0]:.1f} → {info['load_after'][0]:.1f}. "
-        f"Medians of {args.repeats} interleaved calls, compile excluded. `choice` is the "
+        f"Medians of at least {args.repeats} interleaved calls (more for fast layers, until the "
+        "calls add up to 1 s), compile excluded. `choice` is the "
         "forward/dx/dw formulation; `vs_*` are speed-ups of manual (time of the other variant / "
         "manual's), by wall and by process CPU time; manual forward = autodiff forward.", "",
         bench.markdown(table), "",

@@ -100,8 +100,9 @@ def main() -> None:
         "# Training benchmark (issue #5)", "",
         f"`{info['command']}`: {info['cpus']} CPUs, {info['platform']}, jax {info['jax']}, "
         f"torch {info['torch']}, policy {info['policy']}; load average "
-        f"{info['load_before'][0]:.1f} → {info['load_after'][0]:.1f}. Step: medians of "
-        f"{args.repeats} interleaved calls (loss + gradients + Adam, jitted; PyTorch eager). "
+        f"{info['load_before'][0]:.1f} → {info['load_after'][0]:.1f}. Step: medians of at "
+        f"least {args.repeats} interleaved calls, until they add up to 1 s (loss + gradients + "
+        "Adam, jitted; PyTorch eager, timed in its own block right after). "
         "Peak memory: XLA's memory_analysis() of the compiled step, arguments + outputs + "
         "temporaries.", "",
         bench.markdown(table), "",

@@ -15,7 +15,9 @@ Variants:
   differentiated by JAX;
 - ``jax_xla``: ``jaxconv.autodiff`` under the ``"xla"`` policy: XLA's convolution differentiated
   by JAX, i.e. what plain JAX does;
-- ``torch``: PyTorch's CPU eager (channels-first, its native layout), when ``torch`` imports.
+- ``torch``: PyTorch's CPU eager (channels-first, its native layout), when ``torch`` imports;
+  timed in the same run, in a block of its own right after the JAX variants (its worker threads
+  spin on after each call and would slow down the JAX call that follows).
 
 GFLOP/s count 2·N·|O|·|K|·(C_in/g)·C_out for the forward and three times that for
 forward+backward (dx and dw cost one forward each); ``frac_mm`` is that rate as a fraction of a
@@ -112,18 +114,21 @@ def compile_call(fn: Callable, *args, policy: str = "auto") -> Callable[[], Any]
 
 
 def interleaved(runners: dict[str, Callable[[], Any]], repeats: int = 10,
-                warmup: int = 2) -> dict[str, dict[str, float]]:
+                warmup: int = 2, min_seconds: float = 1.0) -> dict[str, dict[str, float]]:
     """Median wall and CPU seconds per call of each runner: ``warmup`` untimed rounds, then
-    ``repeats`` rounds in which every runner runs once (round-robin, the order rotated every
-    round), each call followed by ``block_until_ready``.
-    Returns ``{name: {"wall": s, "cpu": s, "wall_min": s}}``."""
+    rounds in which every runner runs once (round-robin, the order rotated every round), each
+    call followed by ``block_until_ready``: at least ``repeats`` rounds, and more until the
+    timed calls add up to ``min_seconds`` (at most 100·repeats rounds), so that a layer of a
+    fraction of a millisecond gets the hundreds of calls its median needs on a noisy machine.
+    Returns ``{name: {"wall": s, "cpu": s, "wall_min": s, "calls": n}}``."""
     for _ in range(warmup):
         for run in runners.values():
             _block(run())
     wall: dict[str, list[float]] = {name: [] for name in runners}
     cpu: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
-    for r in range(repeats):
+    r, spent = 0, 0.0
+    while r < repeats or (spent < min_seconds and r < 100 * repeats):
         # Rotate the order every round, so that no variant always runs right after the same
         # other one (PyTorch's worker threads keep spinning for a while after its calls).
         for name in names[r % len(names):] + names[: r % len(names)]:
@@ -132,8 +137,11 @@ def interleaved(runners: dict[str, Callable[[], Any]], repeats: int = 10,
             _block(run())
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
+            spent += wall[name][-1]
+        r += 1
     return {name: {"wall": float(np.median(wall[name])), "cpu": float(np.median(cpu[name])),
-                   "wall_min": float(np.min(wall[name]))} for name in runners}
+                   "wall_min": float(np.min(wall[name])), "calls": len(wall[name])}
+            for name in runners}
 
 
 def _block(out):
@@ -232,15 +240,26 @@ def bench_layer(spec: Layer, repeats: int = 10, torch: bool = True) -> dict:
         "autodiff": compile_call(fwd_bwd(jaxconv.autodiff.conv), x, w, b, dy),
         "jax_xla": compile_call(fwd_bwd(jaxconv.autodiff.conv), x, w, b, dy, policy="xla"),
     }
+    torch_fwd = torch_both = None
     if torch and _torch() is not None:
-        forward["torch"], both["torch"] = _torch_layer(spec, x, w, b, dy)
+        torch_fwd, torch_both = _torch_layer(spec, x, w, b, dy)
     return {
         "layer": spec.name,
         "flops": spec.flops(),
         "choice": chosen(spec),
-        "forward": interleaved(forward, repeats),
-        "forward_backward": interleaved(both, repeats),
+        "forward": _timed(forward, torch_fwd, repeats),
+        "forward_backward": _timed(both, torch_both, repeats),
     }
+
+
+def _timed(runners: dict[str, Callable[[], Any]], torch_runner, repeats: int) -> dict:
+    """The JAX variants interleaved with each other, then PyTorch's in a block of its own right
+    after: its worker threads keep spinning for a while after each call and would slow down
+    whichever JAX variant ran next (a sub-millisecond layer by 2× here)."""
+    times = interleaved(runners, repeats)
+    if torch_runner is not None:
+        times["torch"] = interleaved({"torch": torch_runner}, repeats)["torch"]
+    return times
 
 
 def chosen(spec: Layer, policy: str = "auto") -> dict[str, str]:
@@ -334,12 +353,11 @@ def bench_train_step(name: str, repeats: int = 10, torch: bool = True) -> dict:
             compiled = jax.jit(step).lower(params, opt_state, x, y).compile()
         memory[variant] = memory_bytes(compiled)
         runners[variant] = (lambda c: lambda: c(params, opt_state, x, y))(compiled)
-    if torch and _torch() is not None:
-        runners["torch"] = _torch_train(name, x, y, 1e-3)
+    torch_step = _torch_train(name, x, y, 1e-3) if torch and _torch() is not None else None
     return {
         "model": name,
         "batch": shape[0],
-        "step": interleaved(runners, repeats),
+        "step": _timed(runners, torch_step, repeats),
         "memory": memory,
     }
 

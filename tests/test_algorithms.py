@@ -93,8 +93,9 @@ def test_every_formulation_equals_xla(problem):
 
 
 @settings(max_examples=EXAMPLES)
-@given(problems(), st.sampled_from(["shifted", "im2col"]), st.sampled_from(["shifted", "col2im"]),
-       st.sampled_from(["shifted", "im2col"]))
+@given(problems(), st.sampled_from(["shifted", "im2col", "banded"]),
+       st.sampled_from(["shifted", "col2im", "banded"]),
+       st.sampled_from(["shifted", "im2col", "banded"]))
 def test_manual_gradients_equal_jax_grad_under_every_forced_formulation(problem, fwd, dx, dw):
     """The core issue's check, for forced formulations: manual grads == jax.grad of XLA conv."""
     x_shape, w_shape, cfg, seed = problem
@@ -186,12 +187,27 @@ def test_auto_policy_picks_an_eligible_formulation_on_cpu():
         assert A.choose(role, *LENET1, jnp.float32) in A.eligible(role, *LENET1, jnp.float32)
 
 
+def test_lenet_layers_get_the_banded_rules_on_cpu():
+    """LeNet-5's convolutions (few channels, 28- and 14-wide rows) are where XLA:CPU's own
+    convolution is slowest; the heuristic gives their dx and dw the banded products."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the heuristic is for CPU")
+    valid = _checks.ConvConfig((1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    for problem in (LENET1, ((128, 14, 14, 6), (5, 5, 6, 16), valid)):
+        assert A.choose("dx", *problem, jnp.float32) == "banded"
+        assert A.choose("dw", *problem, jnp.float32) == "banded"
+    wide = ((8, 64, 64, 3), (3, 3, 3, 16), _checks.ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 1))
+    assert A.choose("dw", *wide, jnp.float32) != "banded"  # 66-wide rows: T is mostly zeros
+
+
 def test_im2col_is_ineligible_above_the_memory_cap():
     cfg = _checks.ConvConfig((1, 1), ((1, 1), (1, 1)), (1, 1), 1)
     big = ((64, 128, 128, 64), (3, 3, 64, 64), cfg, jnp.float32)  # 2.4 GB of patches
     assert "im2col" not in A.eligible("forward", *big)
     assert "col2im" not in A.eligible("dx", *big)
     assert "im2col" not in A.eligible("dw", *big)
+    for role in A.ROLES:  # and its banded matrix would be 3·130·64 × 128·64 floats (818 MB)
+        assert "banded" not in A.eligible(role, *big)
     for role in A.ROLES:
         assert A.choose(role, *big) in A.eligible(role, *big)
 

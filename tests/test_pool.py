@@ -125,3 +125,21 @@ def test_max_pool_gradient_has_no_loop_over_positions():
     names = S.primitive_names(jax.make_jaxpr(
         jax.grad(lambda x: jnp.sum(jaxconv.max_pool(x, 2) ** 2)))(x))
     assert not {"while", "scan"} & set(names), names
+
+
+@pytest.mark.parametrize("window,stride", [(2, None), (3, 2)])
+def test_max_pool_keeps_only_the_argmax(window, stride):
+    """The forward's residual is k* alone (a small integer per output), never x: the rule
+    does not read the input again, for tiling and for overlapping windows."""
+    from jaxconv import _checks
+    from jaxconv.ops import pool
+
+    x = S.distinct(0, (2, 7, 6, 3))
+    cfg = _checks.pool_config(x, window, stride, "VALID")
+    y, first = pool._max_pool_fwd(x, cfg)
+    assert first.dtype == jnp.int8 and first.shape == y.shape
+    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(x), (window, window), (1, 2))
+    step = stride or window
+    windows = windows[:, ::step, ::step][:, : y.shape[1], : y.shape[2]]
+    flat = windows.reshape(*windows.shape[:4], -1)
+    np.testing.assert_array_equal(np.asarray(first), flat.argmax(-1))

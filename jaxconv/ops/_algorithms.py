@@ -26,9 +26,22 @@ Formulations (``FORWARD``, ``DX``, ``DW``):
 - ``im2col``: the |K| views stacked into patches ``(N·O, |K|·C_in)`` and one matrix product
   (forward and dW); ``col2im`` for dX: one product ``dy · W_matᵀ`` to ``(N·O, |K|·C_in)``, then the
   |K| scatters summed. One large product, at the price of a |K|-times larger buffer.
+- ``banded``: the last spatial dimension folded into the matrix. Along it, the correlation with
+  w is a product with a banded (Toeplitz) matrix: ``T[(i, c), (o, c')] = w[k, c, c']`` where
+  ``i = o·s + k·d``, zeros elsewhere. A whole image row ``x_pad[n, *h, :, :]`` (``W_pad·C_in``
+  numbers) times T gives the output row ``y[n, *h', :, :]`` (``O_w·C_out``), and the other
+  spatial dims are handled by views as in ``shifted``: the forward is one product
+  ``(N·O_lead, |K_lead|·W_pad·C_in) × (|K_lead|·W_pad·C_in, O_w·C_out)``, dW is the transposed
+  product ``rowsᵀ · dy`` (a ``(W_pad·C_in, O_w·C_out)`` matrix per leading offset, from which
+  the band is read back: ``dw[k] = Σ_o G[(o·s + k·d, ·), (o, ·)]``), and dX is ``dy · Tᵀ`` followed
+  by the leading-dim scatters. T multiplies by its zeros too (``W_pad / K_w`` times the useful
+  work), but the products are large and well shaped where XLA's own convolution is slow: few
+  channels and short rows (LeNet, MNIST-1D). The output of a product is also a value XLA cannot
+  re-derive inside every consumer, which it does with ``shifted``'s elementwise sums.
 
 Groups are handled by every formulation: channels split into ``(g, C/g)`` and the products become
-batched over g (a depthwise convolution becomes elementwise multiply-adds).
+batched over g (a depthwise convolution becomes elementwise multiply-adds); ``banded`` instead
+expands w to its block-diagonal dense kernel (and reads dW's diagonal blocks back).
 
 Who chooses. ``conv_forward`` is shared by ``jaxconv.conv`` and ``jaxconv.autodiff.conv`` (the
 principle "one forward, two differentiation modes"), so the *forward* choice is shared: both
@@ -69,6 +82,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxconv._checks import ConvConfig
@@ -290,6 +304,74 @@ def forward_im2col(x: jax.Array, w: jax.Array, cfg: ConvConfig) -> jax.Array:
     return y.reshape(*lead, c_out)
 
 
+def dense_kernel(w: jax.Array, groups: int) -> jax.Array:
+    """(*K, C_in/g, C_out) -> (*K, C_in, C_out): the grouped kernel as the block-diagonal dense
+    one (input channel h·C_in/g + i feeds output g'·C_out/g + o only when h = g')."""
+    if groups == 1:
+        return w
+    *k, c_in_g, c_out = w.shape
+    w = w.reshape(*k, c_in_g, groups, c_out // groups)
+    dense = jnp.einsum("...igo,hg->...higo", w, jnp.eye(groups, dtype=w.dtype))
+    return dense.reshape(*k, groups * c_in_g, c_out)
+
+
+def grouped_kernel(dense: jax.Array, groups: int) -> jax.Array:
+    """The adjoint of :func:`dense_kernel`: the diagonal blocks, (*K, C_in, C_out) ->
+    (*K, C_in/g, C_out)."""
+    if groups == 1:
+        return dense
+    *k, c_in, c_out = dense.shape
+    nd = len(k)
+    blocks = dense.reshape(*k, groups, c_in // groups, groups, c_out // groups)
+    diagonal = jnp.diagonal(blocks, axis1=nd, axis2=nd + 2)  # (*K, C_in/g, C_out/g, g)
+    return jnp.moveaxis(diagonal, -1, -2).reshape(*k, c_in // groups, c_out)
+
+
+def band(kernel: int, padded: int, out: int, stride: int, dilation: int) -> np.ndarray:
+    """The band's pattern S[k, i, o] = [i = o·s + k·d]: (K, W_pad, O), a constant of 0s and 1s."""
+    pattern = np.zeros((kernel, padded, out), np.float32)
+    o = np.arange(out)
+    for k in range(kernel):
+        pattern[k, o * stride + k * dilation, o] = 1
+    return pattern
+
+
+def _lead(cfg: ConvConfig) -> ConvConfig:
+    """The leading spatial dims' bookkeeping (all but the last, already padded)."""
+    return ConvConfig(stride=cfg.stride[:-1], padding=((0, 0),) * (cfg.nd - 1),
+                      dilation=cfg.dilation[:-1], groups=1)
+
+
+def banded_matrix(w: jax.Array, padded: int, out: int, cfg: ConvConfig) -> jax.Array:
+    """T: (|K_lead|·W_pad·C_in, O_w·C_out), T[(l, i, c), (o, c')] = Σ_k S[k, i, o]·w[l, k, c, c'],
+    with l the leading kernel offset and S the :func:`band` of the last spatial dim."""
+    w = dense_kernel(w, cfg.groups)
+    k_w, c_in, c_out = w.shape[-3:]
+    pattern = band(k_w, padded, out, cfg.stride[-1], cfg.dilation[-1])
+    t = jnp.einsum("kio,lkcd->licod", pattern.astype(w.dtype), w.reshape(-1, k_w, c_in, c_out))
+    return t.reshape(-1, out * c_out)
+
+
+def _row_views(x: jax.Array, kernel, out, cfg: ConvConfig) -> jax.Array:
+    """The padded rows ``(N, *S_lead, W_pad·C_in)``, viewed once per leading kernel offset:
+    ``(N·O_lead, |K_lead|·W_pad·C_in)``, the left operand of the banded products."""
+    x_pad = _pad(x, cfg)
+    rows = x_pad.reshape(*x_pad.shape[:-2], -1)
+    lead = _lead(cfg)
+    views = jnp.stack([view(rows, k, out[:-1], lead) for k in offsets(kernel[:-1])], axis=-2)
+    return views.reshape(-1, views.shape[-2] * views.shape[-1])
+
+
+def forward_banded(x: jax.Array, w: jax.Array, cfg: ConvConfig) -> jax.Array:
+    """y = rows(x) · T: one product with the banded matrix of the last spatial dim."""
+    kernel = w.shape[: cfg.nd]
+    out = out_spatial(x.shape[1:-1], kernel, cfg)
+    padded = x.shape[-2] + sum(cfg.padding[-1])
+    t = banded_matrix(w, padded, out[-1], cfg)
+    y = jnp.matmul(_row_views(x, kernel, out, cfg), t)
+    return y.reshape(x.shape[0], *out, w.shape[-1])
+
+
 # --------------------------------------------------------------------------------------------
 # dX formulations: (dy, w, in_size, cfg) -> dx (N, *S, C_in).
 # --------------------------------------------------------------------------------------------
@@ -357,6 +439,24 @@ def dx_col2im(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.Arra
     return crop(dx_pad, in_size, cfg)
 
 
+def dx_banded(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.Array:
+    """dx_rows = dy · Tᵀ (one product, a padded row per leading offset), then the leading-dim
+    scatters summed and the padding cropped."""
+    kernel = w.shape[: cfg.nd]
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_size, cfg.padding, strict=True))
+    t = banded_matrix(w, padded[-1], dy.shape[-2], cfg)
+    n_lead = math.prod(kernel[:-1])
+    rows = jnp.matmul(dy.reshape(-1, t.shape[1]), t.T)
+    rows = rows.reshape(*dy.shape[:-2], n_lead, t.shape[0] // n_lead)
+    lead = _lead(cfg)
+    dx_rows = None
+    for i, k in enumerate(offsets(kernel[:-1])):
+        term = scatter(rows[..., i, :], k, padded[:-1], lead)
+        dx_rows = term if dx_rows is None else dx_rows + term
+    dx_pad = dx_rows.reshape(dy.shape[0], *padded, -1)
+    return crop(dx_pad, in_size, cfg)
+
+
 # --------------------------------------------------------------------------------------------
 # dW formulations: (x, dy, kernel, cfg) -> dw (*K, C_in/g, C_out).
 # --------------------------------------------------------------------------------------------
@@ -409,11 +509,30 @@ def dw_im2col(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> jax.Array
     return dw.reshape(*kernel, c_in // g, c_out)
 
 
+def dw_banded(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> jax.Array:
+    """G = rows(x)ᵀ · dy (one product), then the band read back: dw[l, k] = Σ_{i,o} S[k, i, o] ·
+    G[(l, i, ·), (o, ·)], and the diagonal blocks kept for groups."""
+    out = dy.shape[1:-1]
+    c_out = dy.shape[-1]
+    rows = _row_views(x, kernel, out, cfg)
+    g = jnp.matmul(rows.T, dy.reshape(-1, out[-1] * c_out))
+    padded = x.shape[-2] + sum(cfg.padding[-1])
+    g = g.reshape(-1, padded, x.shape[-1], out[-1], c_out)  # (|K_lead|, W_pad, C_in, O_w, C_out)
+    pattern = band(kernel[-1], padded, out[-1], cfg.stride[-1], cfg.dilation[-1])
+    dw = jnp.einsum("kio,licod->lkcd", pattern.astype(g.dtype), g)
+    return grouped_kernel(dw.reshape(*kernel, x.shape[-1], c_out), cfg.groups)
+
+
 FORWARD: dict[str, Callable] = {
     "xla": forward_xla, "shifted": forward_shifted, "im2col": forward_im2col,
+    "banded": forward_banded,
 }
-DX: dict[str, Callable] = {"xla": dx_xla, "shifted": dx_shifted, "col2im": dx_col2im}
-DW: dict[str, Callable] = {"xla": dw_xla, "shifted": dw_shifted, "im2col": dw_im2col}
+DX: dict[str, Callable] = {
+    "xla": dx_xla, "shifted": dx_shifted, "col2im": dx_col2im, "banded": dx_banded,
+}
+DW: dict[str, Callable] = {
+    "xla": dw_xla, "shifted": dw_shifted, "im2col": dw_im2col, "banded": dw_banded,
+}
 TABLES = {"forward": FORWARD, "dx": DX, "dw": DW}
 
 
@@ -437,21 +556,38 @@ def _cols_bytes(x_shape, w_shape, cfg: ConvConfig, dtype) -> int:
     return x_shape[0] * math.prod(out) * n_k * x_shape[-1] * jnp.dtype(dtype).itemsize
 
 
+def _banded_bytes(x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[int, int]:
+    """(the banded matrix T, the row views): |K_lead|·W_pad·C_in·O_w·C_out and
+    N·|O_lead|·|K_lead|·W_pad·C_in elements, in bytes."""
+    out = out_spatial(x_shape[1:-1], w_shape[:-2], cfg)
+    row = (x_shape[-2] + sum(cfg.padding[-1])) * x_shape[-1] * math.prod(w_shape[:-3])
+    size = jnp.dtype(dtype).itemsize
+    return row * out[-1] * w_shape[-1] * size, x_shape[0] * math.prod(out[:-1]) * row * size
+
+
 # A |K|-times larger patch buffer is allowed up to this size (bytes); above it, im2col/col2im
 # are ineligible and ``shifted`` (no buffer larger than x or y) takes their place. This bounds the
 # extra memory the rules may cost over autodiff, which keeps only x, w and XLA's own workspace.
+# The banded row views obey the same cap.
 IM2COL_MAX_BYTES = 256 * 2**20
+# The banded matrix T grows with the row length squared (W_pad·O_w): beyond this size its zeros
+# cost more than any convolution algorithm, so ``banded`` is ineligible.
+BANDED_MAX_BYTES = 16 * 2**20
 
 
 def eligible(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[str, ...]:
     """The formulations of ``role`` that may be chosen for this problem.
 
-    Every formulation handles stride, padding, dilation and groups; the only restriction is
-    memory: the im2col/col2im buffer must stay under ``IM2COL_MAX_BYTES``.
+    Every formulation handles stride, padding, dilation and groups; the only restrictions are
+    memory: the im2col/col2im buffer and the banded row views must stay under
+    ``IM2COL_MAX_BYTES``, the banded matrix under ``BANDED_MAX_BYTES``.
     """
     names = tuple(TABLES[role])
     if _cols_bytes(x_shape, w_shape, cfg, dtype) > IM2COL_MAX_BYTES:
         names = tuple(n for n in names if n not in ("im2col", "col2im"))
+    matrix, rows = _banded_bytes(x_shape, w_shape, cfg, dtype)
+    if matrix > BANDED_MAX_BYTES or rows > IM2COL_MAX_BYTES:
+        names = tuple(n for n in names if n != "banded")
     return names
 
 
@@ -460,24 +596,44 @@ def eligible(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[str, 
 # --------------------------------------------------------------------------------------------
 
 
+def _banded_suits(x_shape, w_shape, cfg: ConvConfig, names) -> bool:
+    """Where the banded products beat XLA's convolution on CPU: 2-D and 3-D, no groups, at most
+    8 input channels (XLA's convolution runs at a few percent of the matmul rate there), and
+    rows short enough that T's zeros cost at most ~8× the useful work (W_pad ≤ 8·K_w,eff). In 1-D
+    there are no leading rows to share T between (the product's M is the batch alone)."""
+    nd, c_in = len(w_shape) - 2, x_shape[-1]
+    width = x_shape[-2] + sum(cfg.padding[-1])
+    return ("banded" in names and nd >= 2 and cfg.groups == 1 and c_in <= 8
+            and width <= 8 * effective(w_shape[-3], cfg.dilation[-1]))
+
+
 def _heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     """The CPU choice without measuring.
 
-    XLA:CPU runs a convolution fast when it is *plain*: no dilation of either operand and more
-    than one input channel per group. The forward of a strided or dilated layer is plain, but
-    its rules are not: XLA's dx of a strided layer dilates dy by the stride (``lhs_dilation``,
-    multiplying all the inserted zeros), and its dw of a strided or dilated layer dilates dy by
-    the stride or steps by the dilation. Those are the cases the rule computes differently:
+    XLA:CPU runs a convolution fast when it is *plain*: no dilation of either operand, more
+    than a few input channels per group, 1-D or 2-D. The forward of a strided or dilated layer
+    is plain, but its rules are not: XLA's dx of a strided layer dilates dy by the stride
+    (``lhs_dilation``, multiplying all the inserted zeros), and its dw of a strided or dilated
+    layer dilates dy by the stride or steps by the dilation. Those are the cases the rule
+    computes differently:
 
     - depthwise (C_in/g = 1, g > 1): ``shifted`` for all three (elementwise multiply-adds);
-    - one input channel (C_in = 1): forward ``shifted`` (|K| outer products); dx ``shifted`` in
+    - few input channels on short rows, 2-D or 3-D (:func:`_banded_suits`: LeNet's layers):
+      dx and dw ``banded``; the forward ``shifted`` for one input channel, ``banded`` in 3-D,
+      else ``xla``;
+    - one input channel otherwise: forward ``shifted`` (|K| outer products); dx ``shifted`` in
       1-D, ``col2im`` otherwise; dw as below;
     - dx: ``xla`` when the stride is 1, else ``col2im`` (``shifted`` above the memory cap);
-    - dw: ``xla`` when stride and dilation are 1, else ``im2col`` (``shifted`` above the cap);
+    - dw in 1-D: ``xla`` when stride and dilation are 1, else ``im2col``;
+    - dw from 2-D on, where XLA's batch-contracting convolution is slow: ``shifted`` (|K|
+      products over all N·O positions, each already large) from 16 input channels per group
+      on, ``im2col`` (one product of depth |K|·C_in) below that; ``xla`` for one input channel
+      when stride and dilation are 1; always ``shifted`` above the im2col memory cap;
     - otherwise the forward stays ``xla``.
 
     Calibrated on this project's 2-core CPU (float32) with ``experiments/bench_layers.py``
-    (``--calibrate`` for the formulations alone; the layer table for forward+backward).
+    (``--calibrate`` for the formulations alone; the layer table for forward+backward) and the
+    LeNet-5 training step of ``experiments/bench_train.py``.
     """
     names = eligible(role, x_shape, w_shape, cfg, dtype)
     c_in_g, nd = w_shape[-2], len(w_shape) - 2
@@ -485,6 +641,10 @@ def _heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
         return "shifted"
     plain_stride = all(s == 1 for s in cfg.stride)
     plain_dilation = all(d == 1 for d in cfg.dilation)
+    if _banded_suits(x_shape, w_shape, cfg, names):
+        if role != "forward":
+            return "banded"
+        return "shifted" if c_in_g == 1 else ("banded" if nd == 3 else "xla")
     if role == "forward":
         return "shifted" if c_in_g == 1 else "xla"
     if role == "dx":
@@ -493,9 +653,12 @@ def _heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
         if plain_stride:
             return "xla"
         return "col2im" if "col2im" in names else "shifted"
-    if plain_stride and plain_dilation:
+    plain = plain_stride and plain_dilation
+    if plain and (nd == 1 or c_in_g == 1):
         return "xla"
-    return "im2col" if "im2col" in names else "shifted"
+    if "im2col" in names and (nd == 1 or c_in_g < 16):
+        return "im2col"
+    return "shifted"
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,11 @@ max_pool:  y[o] = max_{k∈W} x_pad[o·s + k], padded with −∞ (padding never
            routes dy[o] to the arg-max of its window: dx_pad[o·s + k*] += dy[o]. Tie rule: when
            several positions of one window hold the maximum, the *first* in row-major window
            order (lowest offset, last axis fastest) gets all of dy[o]; the others get nothing.
-           Overlapping windows (stride < window) add up their contributions.
+           Overlapping windows (stride < window) add up their contributions. The forward
+           keeps k*[o] (the window offset, a small integer per output) as its only residual,
+           so the rule never reads x again. When the windows tile the input (stride = window)
+           each input position belongs to exactly one window, and dx is dy upsampled to the
+           window grid, kept where the position's own offset equals k*: one elementwise pass.
 
 Both rules loop over the |W| window *offsets* (a handful of static shifts), each one an
 elementwise op on the whole output; nothing loops over positions.
@@ -70,27 +74,60 @@ def _as_conv(cfg: PoolConfig, groups: int) -> ConvConfig:
                       groups=groups)
 
 
-def max_pool_dx(x, y, dy, cfg: PoolConfig):
-    """Route each dy[o] to the first arg-max of its window; crop the padding.
+def max_pool_argmax(x, y, cfg: PoolConfig):
+    """k*[o]: the row-major index of the first window offset holding the maximum y[o].
 
-    The window views and their adjoint scatters are the convolution's (``view_k``, ``scatter_k``
-    in :mod:`jaxconv.ops._algorithms`), with the kernel offsets k replaced by window offsets.
+    An integer array shaped like y (int8 for windows of fewer than 128 positions); a window
+    without a hit (y = NaN) gets |W|, which matches no offset and so receives no gradient.
+    The window views are the convolution's ``view_k`` (:mod:`jaxconv.ops._algorithms`), with
+    the kernel offsets k replaced by window offsets.
     """
     window = _as_conv(cfg, groups=1)
+    size = math.prod(cfg.window)
+    dtype = np.int8 if size < 128 else np.int32
     x_pad = lax.pad(
         x, np.array(-np.inf, x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in cfg.padding),
                                         (0, 0, 0)]
     )
-    padded, out = x_pad.shape[1:-1], y.shape[1:-1]
-    dx_pad = jnp.zeros(x_pad.shape, dy.dtype)
-    taken = jnp.zeros(y.shape, bool)
-    for offset in _algorithms.offsets(cfg.window):
-        hit = (_algorithms.view(x_pad, offset, out, window) == y) & ~taken
-        taken = taken | hit
-        dx_pad = dx_pad + _algorithms.scatter(
-            jnp.where(hit, dy, jnp.zeros_like(dy)), offset, padded, window
-        )
+    first = jnp.full(y.shape, size, dtype)
+    for index, offset in reversed(list(enumerate(_algorithms.offsets(cfg.window)))):
+        hit = _algorithms.view(x_pad, offset, y.shape[1:-1], window) == y
+        first = jnp.where(hit, np.array(index, dtype), first)
+    return first
+
+
+def max_pool_dx(first, dy, cfg: PoolConfig):
+    """dx_pad[o·s + k] += dy[o] where k = k*[o]; the padding is cropped off.
+
+    Tiling windows (stride = window): dx_pad is dy upsampled to the window grid, kept where the
+    position's offset within its window is k*. Otherwise, one masked scatter per offset (the
+    convolution's ``scatter_k``), and overlapping windows add up.
+    """
+    window = _as_conv(cfg, groups=1)
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(cfg.in_size, cfg.padding, strict=True))
+    if cfg.stride == cfg.window:
+        return _algorithms.crop(_tiled_dx(first, dy, cfg, padded), cfg.in_size, window)
+    zero = jnp.zeros_like(dy)
+    dx_pad = None
+    for index, offset in enumerate(_algorithms.offsets(cfg.window)):
+        term = _algorithms.scatter(jnp.where(first == index, dy, zero), offset, padded, window)
+        dx_pad = term if dx_pad is None else dx_pad + term
     return _algorithms.crop(dx_pad, cfg.in_size, window)
+
+
+def _tiled_dx(first, dy, cfg: PoolConfig, padded):
+    """Non-overlapping windows: dy[o] placed at offset k*[o] of its window on the grid
+    (N, O_1, w_1, O_2, w_2, ..., C), reshaped to the input; the positions past the last whole
+    window (and the high padding) get zeros."""
+    n, out, c = dy.shape[0], dy.shape[1:-1], dy.shape[-1]
+    split = (n, *(a for o in out for a in (o, 1)), c)  # each output with a unit window axis
+    # each position's row-major offset within its window, on the axes (w_1, w_2, ...)
+    offset = np.arange(math.prod(cfg.window), dtype=first.dtype).reshape(
+        (1, *(a for w in cfg.window for a in (1, w)), 1))
+    tiles = jnp.where(first.reshape(split) == offset, dy.reshape(split), jnp.zeros((), dy.dtype))
+    dx = tiles.reshape(n, *(o * w for o, w in zip(out, cfg.window, strict=True)), c)
+    rest = [(0, p - o * w, 0) for p, o, w in zip(padded, out, cfg.window, strict=True)]
+    return lax.pad(dx, jnp.zeros((), dx.dtype), [(0, 0, 0), *rest, (0, 0, 0)])
 
 
 def avg_pool_dx(dy, cfg: PoolConfig):
@@ -102,12 +139,11 @@ def avg_pool_dx(dy, cfg: PoolConfig):
 
 def _max_pool_fwd(x, cfg):
     y = max_pool_forward(x, cfg)
-    return y, (x, y)
+    return y, max_pool_argmax(x, y, cfg)  # the rule needs only k*, never x again
 
 
-def _max_pool_bwd(cfg, residuals, dy):
-    x, y = residuals
-    return (max_pool_dx(x, y, dy, cfg),)
+def _max_pool_bwd(cfg, first, dy):
+    return (max_pool_dx(first, dy, cfg),)
 
 
 def _avg_pool_fwd(x, cfg):
