@@ -30,8 +30,9 @@ with its own group of dy.
 
 Each rule is computed by one of several equivalent formulations chosen per shape at trace time
 (:mod:`jaxconv.ops._algorithms`): one convolution (``lax.conv_general_dilated``), a sum of
-shifted matrix products, or im2col with one matrix product. None loops over positions and no
-Jacobian is ever formed.
+shifted matrix products, im2col with one matrix product, or one product with the banded
+(Toeplitz) matrix that the kernel makes along the last spatial dimension. None loops over
+positions and no Jacobian is ever formed.
 """
 
 from __future__ import annotations
