@@ -1,0 +1,45 @@
+"""The benchmark harness (jaxconv.bench) and ``jaxconv bench``: the timing loop's contract and
+one small end-to-end run. No timing is asserted, only that the right things were measured."""
+
+import json
+
+import pytest
+
+from jaxconv import bench
+from jaxconv.cli import main
+
+
+def test_interleaved_runs_every_variant_round_robin():
+    calls = []
+    runners = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = bench.interleaved(runners, repeats=4, warmup=1, min_seconds=0.0)
+    assert calls[:3] == ["a", "b", "c"]  # the warm-up round
+    timed = calls[3:]
+    assert len(timed) == 12 and all(timed.count(n) == 4 for n in "abc")
+    # the order rotates: each round starts with a different variant
+    assert [timed[i] for i in (0, 3, 6, 9)] == ["a", "b", "c", "a"]
+    assert {t["calls"] for t in times.values()} == {4}
+    assert all(0 <= t["wall_min"] <= t["wall"] for t in times.values())
+
+
+def test_interleaved_keeps_fast_variants_running_until_min_seconds():
+    times = bench.interleaved({"fast": lambda: None}, repeats=3, warmup=0, min_seconds=0.02)
+    assert 3 < times["fast"]["calls"] <= 300  # more than `repeats`, at most 100·repeats
+
+
+def test_bench_cli_measures_a_layer(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--layers", "cnn1d.conv1", "--steps", "none", "--repeats", "2",
+                 "--no-torch", "--json", str(out)]) == 0
+    assert "cnn1d.conv1" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())["layers"]
+    assert row["layer"] == "cnn1d.conv1" and set(row["choice"]) == {"forward", "dx", "dw"}
+    assert set(row["forward_backward"]) == {"manual", "autodiff", "jax_xla"}
+    assert all(t["calls"] >= 2 and t["wall"] > 0 for t in row["forward_backward"].values())
+
+
+@pytest.mark.parametrize("argv", [["--layers", "lenet7.conv9"], ["--steps", "resnet50"]])
+def test_bench_cli_unknown_names_are_one_line_errors(argv, capsys):
+    assert main(["bench", *argv, "--no-torch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxconv bench: error:") and "\n" not in err
