@@ -24,26 +24,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 
 from jaxconv import bench
 from jaxconv.ops import _algorithms
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def meta(args) -> dict:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
-            "backend": jax.default_backend(), "policy": _algorithms.get_policy(),
-            "torch": getattr(bench._torch(), "__version__", None), "repeats": args.repeats,
-            "command": "python experiments/bench_layers.py " + " ".join(args.argv),
-            "load_before": list(os.getloadavg())}
+# The calibration table's columns: the i-th formulation of each role (xla, shifted,
+# im2col for the forward and dW / col2im for dX, banded).
+FORMULATIONS = ["/".join(dict.fromkeys(list(_algorithms.TABLES[role])[i]
+                                       for role in _algorithms.ROLES))
+                for i in range(len(_algorithms.FORWARD))]
 
 
 def calibrate(names: list[str], repeats: int) -> list[dict]:
@@ -71,9 +66,8 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
 
     args = parser.parse_args()
-    args.argv = sys.argv[1:]
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    info = meta(args)
+    info = bench.run_info("bench_layers.py", sys.argv[1:], args.repeats)
     if args.calibrate:
         rows = calibrate(args.layers, max(args.repeats, 5))
         info["load_after"] = list(os.getloadavg())
@@ -81,12 +75,12 @@ def main() -> None:
             json.dumps({"meta": info, "rows": rows}, indent=1))
         lines = [f"# Formulation calibration (ms, min of {max(args.repeats, 5)} round-robin "
                  f"calls; load {info['load_before'][0]:.1f} → {info['load_after'][0]:.1f})", "",
-                 "| layer | role | " + " | ".join(["xla", "shifted", "im2col/col2im"])
-                 + " | auto picks |", "|---|---|---|---|---|---|"]
+                 "| layer | role | " + " | ".join(FORMULATIONS) + " | auto picks |",
+                 "|---|---|" + "---|" * (len(FORMULATIONS) + 1)]
         for r in rows:
-            for role in _algorithms.ROLES:
-                t = list(r[role].values())
-                cells = [f"{v:.2f}" for v in t] + ["–"] * (3 - len(t))
+            for role in _algorithms.ROLES:  # by name: an ineligible formulation is "–"
+                cells = [f"{r[role][name]:.2f}" if name in r[role] else "–"
+                         for name in _algorithms.TABLES[role]]
                 lines.append(f"| {r['layer']} | {role} | " + " | ".join(cells)
                              + f" | {r[role + '_auto']} |")
         (args.out_dir / "bench_calibration.md").write_text("\n".join(lines) + "\n")
@@ -114,9 +108,7 @@ def main() -> None:
          "targets": targets}, indent=1))
     lines = [
         "# Layer benchmark (issue #5)", "",
-        f"`{info['command']}`: {info['cpus']} CPUs, {info['platform']}, jax {info['jax']}, "
-        f"torch {info['torch']}, policy {info['policy']}; float32 matmul {matmul:.1f} GFLOP/s; "
-        f"load average {info['load_before'][0]:.1f} → {info['load_after'][0]:.1f}. "
+        bench.run_header(info, f"float32 matmul {matmul:.1f} GFLOP/s") + " "
         f"Medians of at least {args.repeats} interleaved calls (more for fast layers, until the "
         "calls add up to 1 s), compile excluded. `choice` is the "
         "forward/dx/dw formulation; `vs_*` are speed-ups of manual (time of the other variant / "

@@ -24,11 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
-
-import jax
 
 from jaxconv import bench, data, train
 from jaxconv.ops import _algorithms
@@ -63,11 +60,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    info = {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
-            "torch": getattr(bench._torch(), "__version__", None),
-            "policy": _algorithms.get_policy(), "repeats": args.repeats,
-            "command": "python experiments/bench_train.py " + " ".join(sys.argv[1:]),
-            "load_before": list(os.getloadavg())}
+    info = bench.run_info("bench_train.py", sys.argv[1:], args.repeats)
     steps = [bench.bench_train_step(name, args.repeats, torch=not args.no_torch)
              for name in bench.TRAIN_STEPS]
     table = bench.step_table(steps)
@@ -98,9 +91,7 @@ def main() -> None:
          "targets": targets}, indent=1))
     lines = [
         "# Training benchmark (issue #5)", "",
-        f"`{info['command']}`: {info['cpus']} CPUs, {info['platform']}, jax {info['jax']}, "
-        f"torch {info['torch']}, policy {info['policy']}; load average "
-        f"{info['load_before'][0]:.1f} → {info['load_after'][0]:.1f}. Step: medians of at "
+        bench.run_header(info) + " Step: medians of at "
         f"least {args.repeats} interleaved calls, until they add up to 1 s (loss + gradients + "
         "Adam, jitted; PyTorch eager, timed in its own block right after). "
         "Peak memory: XLA's memory_analysis() of the compiled step, arguments + outputs + "

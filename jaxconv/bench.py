@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import platform
 import time
 from collections.abc import Callable
 from typing import Any
@@ -365,6 +367,24 @@ def bench_train_step(name: str, repeats: int = 10, torch: bool = True) -> dict:
 # --------------------------------------------------------------------------------------------
 # Summaries.
 # --------------------------------------------------------------------------------------------
+
+
+def run_info(script: str, argv, repeats: int) -> dict:
+    """Where and how a benchmark script ran: machine, versions, policy, its command line and the
+    load average before it started (the caller adds ``load_after`` when it is done)."""
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
+            "backend": jax.default_backend(), "policy": _algorithms.get_policy(),
+            "torch": getattr(_torch(), "__version__", None), "repeats": repeats,
+            "command": f"python experiments/{script} " + " ".join(argv),
+            "load_before": list(os.getloadavg())}
+
+
+def run_header(info: dict, *facts: str) -> str:
+    """One sentence for a results file: the command, the machine and versions, the policy, any
+    further ``facts``, and the load average before → after."""
+    load = f"load average {info['load_before'][0]:.1f} → {info['load_after'][0]:.1f}"
+    return (f"`{info['command']}`: {info['cpus']} CPUs, {info['platform']}, jax {info['jax']}, "
+            f"torch {info['torch']}, policy {info['policy']}; " + "; ".join([*facts, load]) + ".")
 
 
 def geomean(values) -> float:

@@ -186,6 +186,11 @@ def scatter(v: jax.Array, offset, padded, cfg: ConvConfig) -> jax.Array:
     return lax.pad(v, jnp.array(0, v.dtype), config)
 
 
+def padded_size(in_size, padding) -> tuple[int, ...]:
+    """The padded spatial size I + lo + hi per dimension."""
+    return tuple(n + lo + hi for n, (lo, hi) in zip(in_size, padding, strict=True))
+
+
 def crop(dx_pad: jax.Array, in_size, cfg: ConvConfig) -> jax.Array:
     """dx = dx_pad[lo : lo + I]: the forward's padding is cropped off."""
     if not any(lo or hi for lo, hi in cfg.padding):
@@ -254,6 +259,16 @@ def _patches(x: jax.Array, kernel, cfg: ConvConfig) -> jax.Array:
     x_pad = _pad(x, cfg)
     out = out_spatial(x.shape[1:-1], kernel, cfg)
     return jnp.stack([view(x_pad, k, out, cfg) for k in offsets(kernel)], axis=-2)
+
+
+def _scatter_sum(cols: jax.Array, kernel, padded, cfg: ConvConfig) -> jax.Array:
+    """col2im, the adjoint of :func:`_patches`: dx_pad = Σ_k scatter_k(cols[..., k, :]), from
+    cols (N, *O, |K|, C) to (N, *padded, C)."""
+    dx_pad = None
+    for i, k in enumerate(offsets(kernel)):
+        term = scatter(cols[..., i, :], k, padded, cfg)
+        dx_pad = term if dx_pad is None else dx_pad + term
+    return dx_pad
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,13 +367,11 @@ def banded_matrix(w: jax.Array, padded: int, out: int, cfg: ConvConfig) -> jax.A
     return t.reshape(-1, out * c_out)
 
 
-def _row_views(x: jax.Array, kernel, out, cfg: ConvConfig) -> jax.Array:
+def _row_views(x: jax.Array, kernel, cfg: ConvConfig) -> jax.Array:
     """The padded rows ``(N, *S_lead, W_pad·C_in)``, viewed once per leading kernel offset:
     ``(N·O_lead, |K_lead|·W_pad·C_in)``, the left operand of the banded products."""
     x_pad = _pad(x, cfg)
-    rows = x_pad.reshape(*x_pad.shape[:-2], -1)
-    lead = _lead(cfg)
-    views = jnp.stack([view(rows, k, out[:-1], lead) for k in offsets(kernel[:-1])], axis=-2)
+    views = _patches(x_pad.reshape(*x_pad.shape[:-2], -1), kernel[:-1], _lead(cfg))
     return views.reshape(-1, views.shape[-2] * views.shape[-1])
 
 
@@ -368,7 +381,7 @@ def forward_banded(x: jax.Array, w: jax.Array, cfg: ConvConfig) -> jax.Array:
     out = out_spatial(x.shape[1:-1], kernel, cfg)
     padded = x.shape[-2] + sum(cfg.padding[-1])
     t = banded_matrix(w, padded, out[-1], cfg)
-    y = jnp.matmul(_row_views(x, kernel, out, cfg), t)
+    y = jnp.matmul(_row_views(x, kernel, cfg), t)
     return y.reshape(x.shape[0], *out, w.shape[-1])
 
 
@@ -408,7 +421,7 @@ def dx_xla(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.Array:
 def dx_shifted(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.Array:
     """dx_pad = Σ_k scatter_k(dy · w[k]ᵀ), then cropped: |K| products, |K| scatters."""
     kernel = w.shape[: cfg.nd]
-    padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_size, cfg.padding, strict=True))
+    padded = padded_size(in_size, cfg.padding)
     w_flat = w.reshape(-1, *w.shape[-2:])
     dx_pad = None
     for i, k in enumerate(offsets(kernel)):
@@ -431,28 +444,20 @@ def dx_col2im(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.Arra
             dy.reshape(*lead, g, c_out // g),
             w.reshape(n_k, c_in_g, g, c_out // g),
         ).reshape(*lead, n_k, g * c_in_g)
-    padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_size, cfg.padding, strict=True))
-    dx_pad = None
-    for i, k in enumerate(offsets(kernel)):
-        term = scatter(dcols[..., i, :], k, padded, cfg)
-        dx_pad = term if dx_pad is None else dx_pad + term
-    return crop(dx_pad, in_size, cfg)
+    return crop(_scatter_sum(dcols, kernel, padded_size(in_size, cfg.padding), cfg), in_size,
+                cfg)
 
 
 def dx_banded(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.Array:
     """dx_rows = dy · Tᵀ (one product, a padded row per leading offset), then the leading-dim
     scatters summed and the padding cropped."""
     kernel = w.shape[: cfg.nd]
-    padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_size, cfg.padding, strict=True))
+    padded = padded_size(in_size, cfg.padding)
     t = banded_matrix(w, padded[-1], dy.shape[-2], cfg)
     n_lead = math.prod(kernel[:-1])
     rows = jnp.matmul(dy.reshape(-1, t.shape[1]), t.T)
     rows = rows.reshape(*dy.shape[:-2], n_lead, t.shape[0] // n_lead)
-    lead = _lead(cfg)
-    dx_rows = None
-    for i, k in enumerate(offsets(kernel[:-1])):
-        term = scatter(rows[..., i, :], k, padded[:-1], lead)
-        dx_rows = term if dx_rows is None else dx_rows + term
+    dx_rows = _scatter_sum(rows, kernel[:-1], padded[:-1], _lead(cfg))
     dx_pad = dx_rows.reshape(dy.shape[0], *padded, -1)
     return crop(dx_pad, in_size, cfg)
 
@@ -514,7 +519,7 @@ def dw_banded(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> jax.Array
     G[(l, i, ·), (o, ·)], and the diagonal blocks kept for groups."""
     out = dy.shape[1:-1]
     c_out = dy.shape[-1]
-    rows = _row_views(x, kernel, out, cfg)
+    rows = _row_views(x, kernel, cfg)
     g = jnp.matmul(rows.T, dy.reshape(-1, out[-1] * c_out))
     padded = x.shape[-2] + sum(cfg.padding[-1])
     g = g.reshape(-1, padded, x.shape[-1], out[-1], c_out)  # (|K_lead|, W_pad, C_in, O_w, C_out)

@@ -104,7 +104,7 @@ def max_pool_dx(first, dy, cfg: PoolConfig):
     convolution's ``scatter_k``), and overlapping windows add up.
     """
     window = _as_conv(cfg, groups=1)
-    padded = tuple(n + lo + hi for n, (lo, hi) in zip(cfg.in_size, cfg.padding, strict=True))
+    padded = _algorithms.padded_size(cfg.in_size, cfg.padding)
     if cfg.stride == cfg.window:
         return _algorithms.crop(_tiled_dx(first, dy, cfg, padded), cfg.in_size, window)
     zero = jnp.zeros_like(dy)
