@@ -329,3 +329,23 @@ def test_helpers_return_the_checked_value():
     assert _checks.positive_number("lr", 1) == 1.0
     assert _checks.non_negative_number("wd", 0) == 0.0
     _checks.shape("b", np.zeros(3), (3,))
+
+
+@pytest.mark.parametrize("kind, text, message", [
+    ("positive_int", "0", "must be a positive int, got 0"),
+    ("positive_int", "two", "must be a positive int, got 'two' (str)"),
+    ("non_negative_int", "-1", "must be a non-negative int, got -1"),
+    ("positive_float", "-0.1", "must be a positive finite number, got -0.1"),
+    ("positive_float", "inf", "must be a positive finite number, got inf"),
+    ("non_negative_float", "nan", "must be a non-negative finite number, got nan"),
+])
+def test_cli_number_types_use_the_same_wording(kind, text, message):
+    """argparse prints ``argument --epochs: `` before the message."""
+    import argparse
+
+    from jaxconv import cli
+
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        getattr(cli, kind)(text)
+    assert str(info.value) == message
+    assert getattr(cli, kind)("3") == 3
