@@ -37,18 +37,36 @@ def leaky_relu_forward(x, negative_slope):
     return jnp.where(x > 0, x, negative_slope * x)
 
 
+def leaky_relu_dx(positive, negative_slope, dy):
+    """dx = dy · (1 if x > 0 else α)."""
+    return jnp.where(positive, dy, negative_slope * dy)
+
+
+def leaky_relu_dslope(x, positive, dy, shape):
+    """dα = Σ dy · (0 if x > 0 else x), summed over the axes along which α (of ``shape``) was
+    broadcast to x's shape."""
+    return _sum_to_shape(jnp.where(positive, jnp.zeros_like(dy), dy * x), shape)
+
+
+# α a Python number: a constant, static to the rule; the residual is the mask alone.
 def _leaky_relu_fwd(x, negative_slope):
+    return leaky_relu_forward(x, negative_slope), x > 0
+
+
+def _leaky_relu_bwd(negative_slope, positive, dy):
+    return (leaky_relu_dx(positive, negative_slope, dy),)
+
+
+# α an array: differentiated too; the residuals are x and α.
+def _leaky_relu_array_fwd(x, negative_slope):
     return leaky_relu_forward(x, negative_slope), (x, negative_slope)
 
 
-def _leaky_relu_bwd(residuals, dy):
-    """dx = dy · (1 if x > 0 else α);  dα = Σ dy · (0 if x > 0 else x), summed over the axes
-    along which α was broadcast to x's shape."""
+def _leaky_relu_array_bwd(residuals, dy):
     x, negative_slope = residuals
     positive = x > 0
-    dx = jnp.where(positive, dy, negative_slope * dy)
-    dslope = jnp.where(positive, jnp.zeros_like(dy), dy * x)
-    return dx, _sum_to_shape(dslope, negative_slope.shape)
+    return (leaky_relu_dx(positive, negative_slope, dy),
+            leaky_relu_dslope(x, positive, dy, negative_slope.shape))
 
 
 def _sum_to_shape(a, shape):
@@ -112,7 +130,16 @@ def _elementwise(forward, fwd, bwd, nondiff_argnums=()):
 
 
 _relu = _elementwise(relu_forward, _relu_fwd, _relu_bwd)
-_leaky_relu = _elementwise(leaky_relu_forward, _leaky_relu_fwd, _leaky_relu_bwd)
+_leaky_relu_number = _elementwise(leaky_relu_forward, _leaky_relu_fwd, _leaky_relu_bwd, (1,))
+_leaky_relu_array = _elementwise(leaky_relu_forward, _leaky_relu_array_fwd, _leaky_relu_array_bwd)
+
+
+def _leaky_relu(x, negative_slope):
+    """The manual op: a number α is a constant of the rule (so it never becomes a cotangent,
+    under ``shard_map`` either); an array α is differentiated."""
+    if isinstance(negative_slope, float):
+        return _leaky_relu_number(x, negative_slope)
+    return _leaky_relu_array(x, negative_slope)
 _sigmoid = _elementwise(sigmoid_forward, _sigmoid_fwd, _sigmoid_bwd)
 _tanh = _elementwise(tanh_forward, _tanh_fwd, _tanh_bwd)
 _softplus = _elementwise(softplus_forward, _softplus_fwd, _softplus_bwd)
@@ -134,11 +161,11 @@ def _leaky_relu_front(core, x, negative_slope=0.01):
     Returns:
       An array of x's shape. Rules: ``dx = dy · (1 if x > 0 else α)`` and
       ``dα = Σ dy · (0 if x > 0 else x)`` over the axes α was broadcast along, so an array slope
-      is differentiated like ``jax.nn.leaky_relu``'s (a Python number is a constant).
+      is differentiated like ``jax.nn.leaky_relu``'s (a Python number is a constant of the rule).
     """
     x = _checks.floating("x", x)
     if not isinstance(negative_slope, (jax.Array, np.ndarray)):
-        negative_slope = _checks.non_negative_number("negative_slope", negative_slope)
+        return core(x, _checks.non_negative_number("negative_slope", negative_slope))
     x, negative_slope = _checks.promote(x=x, negative_slope=negative_slope)
     _checks.broadcastable_to("negative_slope", negative_slope, x.shape)
     return core(x, negative_slope)
