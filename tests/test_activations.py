@@ -135,3 +135,16 @@ def test_leaky_relu_rule_by_hand():
     np.testing.assert_allclose(dx, [[0.1, 2.0, 100.0], [100.0, 2e3, 1e5]])
     # per channel: Σ over the rows of dy·x where x <= 0
     np.testing.assert_allclose(dslope, [-2.0 - 1000.0, 0.0 - 4e4, 0.0])
+
+
+def test_leaky_relu_number_slope_is_a_constant_of_the_rule():
+    """A Python-number slope is static: the pullback computes dx alone (no dα reduction), as
+    shard_map with a varying batch needs (see test_transforms); an array slope gets its dα."""
+    x, dy = S.normal(0, (3, 4)), S.normal(1, (3, 4))
+
+    def pullback_primitives(slope):
+        return S.primitive_names(jax.make_jaxpr(
+            lambda x, dy: jax.vjp(lambda x: jaxconv.leaky_relu(x, slope), x)[1](dy))(x, dy))
+
+    assert "reduce_sum" not in pullback_primitives(0.1)
+    assert "reduce_sum" in pullback_primitives(jnp.asarray(0.1))

@@ -4,8 +4,8 @@
 
 Every op takes part through one small network (conv → relu → max_pool → grouped, dilated conv →
 tanh → avg_pool → dense → sigmoid, leaky_relu, softplus → dense → cross-entropy + squared error),
-so each transformation is checked on all of them with few compilations. Everything runs in float64 and
-agrees to 1e-10 of the gradient's scale.
+so each transformation is checked on all of them with few compilations. Everything runs in
+float64 and agrees to 1e-10 of the gradient's scale.
 """
 
 from __future__ import annotations
