@@ -7,6 +7,7 @@ JAX-derived gradients live in :mod:`jaxconv.autodiff`.
 """
 
 from jaxconv import autodiff
+from jaxconv.ops._choice import get_policy, policy, set_policy, use
 from jaxconv.ops.activations import leaky_relu, relu, sigmoid, softplus, tanh
 from jaxconv.ops.conv import conv, conv1d, conv2d, conv3d
 from jaxconv.ops.dense import dense
@@ -48,4 +49,5 @@ __all__ = [
     "__version__", "autodiff", "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "dense",
     "leaky_relu", "max_pool", "mse", "ops", "relu", "sigmoid", "softmax_cross_entropy", "softplus",
     "tanh",
+    "get_policy", "policy", "set_policy", "use",
 ]
