@@ -54,7 +54,8 @@ def calibrate(specs, repeats: int) -> list[dict]:
         result = _choice.measure(spec.x, spec.w, spec.config(), jnp.float32, repeats=repeats)
         row = {"layer": spec.name, "seconds_to_choose": time.perf_counter() - tic,
                "measured": result["choice"], "auto": bench.chosen(spec),
-               "ms": {k: v * 1e3 for k, v in result["seconds"].items()}}
+               "ms": {role: {k: v * 1e3 for k, v in times.items()}
+                      for role, times in result["seconds"].items()}}
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -100,13 +101,16 @@ def main() -> None:
             json.dumps({"meta": info, "sets": rows}, indent=1))
         lines = ["# Formulation calibration: the `measure` policy's search", "",
                  bench.run_header(info) + " Milliseconds are forward+backward (jit of vjp) "
-                 "minima of round-robin calls, per forward/dx/dw triple tried.", ""]
+                 "minima of round-robin calls, per forward/dx/dw triple tried, round by round (dw, "
+                 "dx, forward: each role's candidates against the incumbent).", ""]
         for name, set_rows in rows.items():
             lines += [f"## {name}", "", "| layer | measured | auto | s to choose | timings (ms) |",
                       "|---|---|---|---|---|"]
             for r in set_rows:
-                timings = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["ms"].items(),
-                                                                       key=lambda kv: kv[1]))
+                timings = "; ".join(
+                    f"{role}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(
+                        times.items(), key=lambda kv: kv[1]))
+                    for role, times in r["ms"].items())
                 lines.append(f"| {r['layer']} | {'/'.join(r['measured'].values())} | "
                              f"{'/'.join(r['auto'].values())} | {r['seconds_to_choose']:.1f} | "
                              f"{timings} |")

@@ -206,6 +206,26 @@ def test_lenet_layers_get_the_banded_rules_on_cpu():
     assert C.choose("dw", *wide, jnp.float32) != "banded"  # 66-wide rows: T is mostly zeros
 
 
+def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
+    """The heuristic's cases, one layer each: plain layers stay with XLA's convolution."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the heuristic is for CPU")
+    same = ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 1)
+    strided = ConvConfig((2, 2), ((1, 1),) * 2, (1, 1), 1)
+    cases = [
+        (((32, 56, 56, 64), (3, 3, 64, 64), same), ("xla", "xla", "xla")),  # ResNet 3x3
+        (((16, 4096, 64), (9, 64, 64), ConvConfig((1,), ((4, 4),), (1,), 1)),
+         ("xla", "xla", "xla")),  # a plain 1-D layer
+        (((32, 56, 56, 64), (3, 3, 64, 128), strided), ("xla", "col2im", "xla")),
+        (((100, 19, 25), (3, 25, 25), ConvConfig((2,), ((1, 1),), (1,), 1)),
+         ("xla", "col2im", "im2col")),  # strided 1-D
+        (((32, 56, 56, 64), (3, 3, 1, 64), ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 64)),
+         ("shifted", "shifted", "shifted")),  # depthwise
+    ]
+    for problem, expected in cases:
+        assert C.plan(*problem, jnp.float32) == expected, problem
+
+
 def test_im2col_is_ineligible_above_the_memory_cap():
     cfg = ConvConfig((1, 1), ((1, 1), (1, 1)), (1, 1), 1)
     big = ((64, 128, 128, 64), (3, 3, 64, 64), cfg, jnp.float32)  # 2.4 GB of patches

@@ -238,57 +238,44 @@ def _banded_suits(x_shape, w_shape, cfg: ConvConfig, names) -> bool:
 
 
 def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
-    """The choice of policy ``"auto"`` on CPU, without measuring.
+    """The choice of policy ``"auto"`` on CPU, without measuring: XLA's convolution except where
+    the tuning set showed a large, repeatable win.
 
-    XLA:CPU runs a convolution fast when it is *plain*: no dilation of either operand, more
-    than a few input channels per group, 1-D or 2-D. The forward of a strided or dilated layer
-    is plain, but its rules are not: XLA's dx of a strided layer dilates dy by the stride
-    (``lhs_dilation``, multiplying all the inserted zeros), and its dw of a strided or dilated
-    layer dilates dy by the stride or steps by the dilation. Those are the cases the rule
-    computes differently:
+    XLA:CPU runs a convolution near the matmul rate when it is *plain*: enough channels, no
+    groups, no dilation of the input. Where it leaves that regime the rule is computed otherwise:
 
-    - depthwise (C_in/g = 1, g > 1): ``shifted`` for all three (elementwise multiply-adds);
+    - groups (depthwise or grouped): ``shifted`` for all three roles. XLA:CPU's grouped
+      convolution runs far below the matmul rate (the README's depthwise layer: 5× slower than
+      the shifted products), and the grouped products become batched or elementwise ones;
     - few input channels on short rows, 2-D or 3-D (:func:`_banded_suits`: LeNet's layers):
-      dx and dw ``banded``; the forward ``shifted`` for one input channel, ``banded`` in 3-D,
-      else ``xla``;
-    - one input channel otherwise: forward ``shifted`` (|K| outer products); dx ``shifted`` in
-      1-D, ``col2im`` otherwise; dw as below;
-    - dx: ``xla`` when the stride is 1, else ``col2im`` (``shifted`` above the memory cap);
-    - dw in 1-D: ``xla`` when stride and dilation are 1, else ``im2col``;
-    - dw from 2-D on, where XLA's batch-contracting convolution is slow: ``shifted`` (|K|
-      products over all N·O positions, each already large) from 16 input channels per group
-      on, ``im2col`` (one product of depth |K|·C_in) below that; ``xla`` for one input channel
-      when stride and dilation are 1; always ``shifted`` above the im2col memory cap;
-    - otherwise the forward stays ``xla``.
+      dx and dw ``banded`` (2–9× over XLA's); the forward ``shifted`` for one input channel,
+      ``banded`` in 3-D, else ``xla``;
+    - dx of a strided layer: XLA dilates dy by the stride (``lhs_dilation``) and multiplies all
+      the inserted zeros; ``col2im`` (one product, then scatters) or, above its memory cap,
+      ``shifted``;
+    - dw of a strided 1-D layer: ``im2col`` (XLA's batch-contracting convolution with a dilated
+      dy is slow there: 1.6× on the MNIST-1D layers); from 2-D on XLA's dw held its own on the
+      tuning set (ResNet's 3×3, stride 1 and 2), so it stays;
+    - everything else, and every forward not listed: ``xla``.
 
-    Calibrated on this project's 2-core CPU (float32) with ``experiments/bench_layers.py``
-    (``--calibrate`` for the formulations alone; the layer table for forward+backward) and the
-    LeNet-5 training step of ``experiments/bench_train.py``.
+    Fitted on the tune set of ``experiments/bench_layers.py`` (``jaxconv.bench.LAYERS`` and
+    ``TUNE_EXTRA``, 2-core CPU, float32; ``--calibrate`` records the forward+backward timings of
+    every candidate); reported on the held-out set ``HELDOUT`` as well.
     """
     names = eligible(role, x_shape, w_shape, cfg, dtype)
     c_in_g, nd = w_shape[-2], len(w_shape) - 2
-    if c_in_g == 1 and cfg.groups > 1:
+    strided = any(s > 1 for s in cfg.stride)
+    if cfg.groups > 1:
         return "shifted"
-    plain_stride = all(s == 1 for s in cfg.stride)
-    plain_dilation = all(d == 1 for d in cfg.dilation)
     if _banded_suits(x_shape, w_shape, cfg, names):
         if role != "forward":
             return "banded"
         return "shifted" if c_in_g == 1 else ("banded" if nd == 3 else "xla")
-    if role == "forward":
-        return "shifted" if c_in_g == 1 else "xla"
-    if role == "dx":
-        if c_in_g == 1:
-            return "shifted" if nd == 1 else ("col2im" if "col2im" in names else "shifted")
-        if plain_stride:
-            return "xla"
+    if role == "dx" and strided:
         return "col2im" if "col2im" in names else "shifted"
-    plain = plain_stride and plain_dilation
-    if plain and (nd == 1 or c_in_g == 1):
-        return "xla"
-    if "im2col" in names and (nd == 1 or c_in_g < 16):
-        return "im2col"
-    return "shifted"
+    if role == "dw" and strided and nd == 1:
+        return "im2col" if "im2col" in names else "shifted"
+    return "xla"
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,11 +383,12 @@ def measure(x_shape, w_shape, cfg: ConvConfig, dtype, repeats: int = 5) -> dict:
     ``1 − MARGIN`` faster. At most 1 + 3·3 programs are compiled.
 
     Returns:
-      ``{"choice": {role: name}, "seconds": {"forward/dx/dw": min seconds, ...}}``.
+      ``{"choice": {role: name}, "seconds": {role: {"forward/dx/dw": min seconds, ...}}}``: the
+      timings of each role's round, the incumbent among them.
     """
     x_shape, w_shape = tuple(x_shape), tuple(w_shape)
     best = ("xla", "xla", "xla")
-    seconds: dict[str, float] = {}
+    seconds: dict[str, dict[str, float]] = {}
     runners = {best: _runner(x_shape, w_shape, cfg, dtype, best)}
     for role in ("dw", "dx", "forward"):
         i = ROLES.index(role)
@@ -413,7 +401,7 @@ def measure(x_shape, w_shape, cfg: ConvConfig, dtype, repeats: int = 5) -> dict:
         if len(candidates) == 1:
             continue
         times = _time(candidates, repeats)
-        seconds.update({"/".join(n): t for n, t in times.items()})
+        seconds[role] = {"/".join(n): t for n, t in times.items()}
         fastest = min(times, key=times.get)
         if times[fastest] < MARGIN * times[best]:
             best = fastest
