@@ -250,12 +250,13 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     - few input channels on short rows, 2-D or 3-D (:func:`_banded_suits`: LeNet's layers):
       dx and dw ``banded`` (2–9× over XLA's); the forward ``shifted`` for one input channel,
       ``banded`` in 3-D, else ``xla``;
-    - dx of a strided layer: XLA dilates dy by the stride (``lhs_dilation``) and multiplies all
-      the inserted zeros; ``col2im`` (one product, then scatters) or, above its memory cap,
-      ``shifted``;
-    - dw of a strided 1-D layer: ``im2col`` (XLA's batch-contracting convolution with a dilated
-      dy is slow there: 1.6× on the MNIST-1D layers); from 2-D on XLA's dw held its own on the
-      tuning set (ResNet's 3×3, stride 1 and 2), so it stays;
+    - a strided 1-D layer (the MNIST-1D layers): XLA's dx dilates dy by the stride
+      (``lhs_dilation``) and multiplies all the inserted zeros, its dw contracts the batch
+      against a dilated dy; dx ``col2im`` (one product, then scatters) and dw ``im2col`` (one
+      product), ``shifted`` for either above the memory cap. From 2-D on the same col2im lost on
+      the tune set where the kernel is large and the channels few (ResNet's and AlexNet's stems:
+      0.4–0.8×) and only broke even on ResNet's stride-2 3×3, so XLA keeps it; XLA's 2-D dw held
+      its own too (ResNet's 3×3, stride 1 and 2);
     - everything else, and every forward not listed: ``xla``.
 
     Fitted on the tune set of ``experiments/bench_layers.py`` (``jaxconv.bench.LAYERS`` and
@@ -271,10 +272,9 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
         if role != "forward":
             return "banded"
         return "shifted" if c_in_g == 1 else ("banded" if nd == 3 else "xla")
-    if role == "dx" and strided:
-        return "col2im" if "col2im" in names else "shifted"
-    if role == "dw" and strided and nd == 1:
-        return "im2col" if "im2col" in names else "shifted"
+    if strided and nd == 1 and role != "forward":
+        cols = "col2im" if role == "dx" else "im2col"
+        return cols if cols in names else "shifted"
     return "xla"
 
 
