@@ -208,8 +208,9 @@ BANDED_MAX_BYTES = 16 * 2**20
 def eligible(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[str, ...]:
     """The formulations of ``role`` that may be chosen for this problem.
 
-    Every formulation handles stride, padding, dilation and groups; the only restrictions are
-    memory: the im2col/col2im buffer and the banded row views must stay under
+    Every formulation but ``winograd`` (2-D 3×3, stride 1, no dilation or groups) handles
+    stride, padding, dilation and groups; the other restrictions are memory: the im2col/col2im
+    buffer and the banded row views must stay under
     ``IM2COL_MAX_BYTES``, the banded matrix under ``BANDED_MAX_BYTES``.
     """
     names = NAMES[role]
@@ -218,6 +219,8 @@ def eligible(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[str, 
     matrix, rows = _banded_bytes(x_shape, w_shape, cfg, dtype)
     if matrix > BANDED_MAX_BYTES or rows > IM2COL_MAX_BYTES:
         names = tuple(n for n in names if n != "banded")
+    if not _formulations.winograd_suits(w_shape, cfg):
+        names = tuple(n for n in names if n != "winograd")
     return names
 
 
@@ -441,7 +444,13 @@ def choose(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     by :func:`use`, else the policy's."""
     mode, forced = key()
     if role in dict(forced):
-        return dict(forced)[role]
+        name = dict(forced)[role]
+        if name == "winograd" and not _formulations.winograd_suits(w_shape, cfg):
+            raise ValueError(
+                f"forward='winograd' computes only 2-D 3x3 convolutions with stride 1, no "
+                f"dilation and no groups; got kernel {tuple(w_shape[:-2])}, stride {cfg.stride}, "
+                f"dilation {cfg.dilation}, groups {cfg.groups}")
+        return name
     if mode == "xla":
         return "xla"
     if mode == "measure":

@@ -17,6 +17,8 @@ and ``w[k]`` the ``(C_in/g, C_out)`` matrix of kernel offset k,
 - ``im2col``: the |K| views stacked into patches ``(N·O, |K|·C_in)`` and one matrix product
   (forward and dW); ``col2im`` for dX: one product ``dy · W_matᵀ`` to ``(N·O, |K|·C_in)``, then the
   |K| scatters summed. One large product, at the price of a |K|-times larger buffer.
+- ``winograd`` (forward only): F(2×2, 3×3) for 2-D, 3×3, stride-1, undilated, ungrouped
+  layers: 16 multiplications per 2×2 output tile and channel pair instead of 36.
 - ``banded``: the last spatial dimension folded into the matrix. Along it, the correlation with
   w is a product with a banded (Toeplitz) matrix: ``T[(i, c), (o, c')] = w[k, c, c']`` where
   ``i = o·s + k·d``, zeros elsewhere. A whole image row ``x_pad[n, *h, :, :]`` (``W_pad·C_in``
@@ -229,6 +231,42 @@ def forward_banded(x: jax.Array, w: jax.Array, cfg: ConvConfig) -> jax.Array:
     y = jnp.matmul(_row_views(x, kernel, cfg), t)
     return y.reshape(x.shape[0], *out, w.shape[-1])
 
+# Winograd F(2×2, 3×3): a 2×2 output tile from a 4×4 input tile d with 16 multiplications per
+# channel pair instead of 36: Y = Aᵀ [(G w Gᵀ) ⊙ (Bᵀ d B)] A (Lavin & Gray, 2016). Across
+# channels the ⊙ becomes 16 matrix products (N·tiles, C_in) × (C_in, C_out), one per (ξ, ν).
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+_WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
+_WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+
+
+def winograd_suits(w_shape, cfg: ConvConfig) -> bool:
+    """F(2×2, 3×3) computes 2-D, 3×3, stride-1, undilated, ungrouped correlations."""
+    return (cfg.nd == 2 and tuple(w_shape[:2]) == (3, 3) and cfg.groups == 1
+            and cfg.stride == (1, 1) and cfg.dilation == (1, 1))
+
+
+def forward_winograd(x: jax.Array, w: jax.Array, cfg: ConvConfig) -> jax.Array:
+    """y = Aᵀ [Σ_c (G w Gᵀ) ⊙ (Bᵀ d B)] A per 2×2 output tile, d the 4×4 input tiles (x padded,
+    then zero-extended to whole tiles), and the extra outputs cropped off. Only for
+    :func:`winograd_suits` problems."""
+    out = out_spatial(x.shape[1:-1], w.shape[:2], cfg)
+    tiles = tuple(-(-o // 2) for o in out)
+    x_pad = pad(x, cfg.padding)
+    extend = tuple((0, 2 * t + 2 - p) for t, p in zip(tiles, x_pad.shape[1:3], strict=True))
+    x_ext = pad(x_pad, extend)
+    step = ConvConfig(stride=(2, 2), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1)
+    d = jnp.stack([view(x_ext, k, tiles, step) for k in offsets((4, 4))], axis=-2)
+    d = d.reshape(*d.shape[:3], 4, 4, x.shape[-1])  # (N, T_h, T_w, 4, 4, C_in)
+    bt, g, at = (jnp.asarray(m, x.dtype) for m in (_WINOGRAD_BT, _WINOGRAD_G, _WINOGRAD_AT))
+    v = jnp.einsum("ia,ntuabc,jb->ijntuc", bt, d, bt)
+    u = jnp.einsum("ik,klcd,jl->ijcd", g, w, g)
+    m = jnp.matmul(v.reshape(16, -1, x.shape[-1]), u.reshape(16, *w.shape[2:]))
+    m = m.reshape(4, 4, *d.shape[:3], w.shape[-1])
+    y = jnp.einsum("pi,ijntud,qj->ntpuqd", at, m, at)
+    y = y.reshape(x.shape[0], 2 * tiles[0], 2 * tiles[1], w.shape[-1])
+    return y[:, : out[0], : out[1], :]
+
+
 # --------------------------------------------------------------------------------------------
 # dX: (dy, w, in_size, cfg) -> dx (N, *S, C_in).
 # --------------------------------------------------------------------------------------------
@@ -321,6 +359,7 @@ def dw_banded(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> jax.Array
 
 FORWARD: dict[str, Callable] = {
     "shifted": forward_shifted, "im2col": forward_im2col, "banded": forward_banded,
+    "winograd": forward_winograd,
 }
 DX: dict[str, Callable] = {"shifted": dx_shifted, "col2im": dx_col2im, "banded": dx_banded}
 DW: dict[str, Callable] = {"shifted": dw_shifted, "im2col": dw_im2col, "banded": dw_banded}
