@@ -27,8 +27,8 @@ import os
 import sys
 from pathlib import Path
 
+import jaxconv
 from jaxconv import bench, data, train
-from jaxconv.ops import _algorithms
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -40,7 +40,7 @@ def full_training(epochs: int | None, runs: int) -> list[dict]:
         for grads, policy in (("manual", "auto"), ("autodiff", "auto"), ("autodiff", "xla")):
             config = train.TrainConfig(dataset="mnist1d", model="cnn1d", grads=grads, seed=0,
                                        epochs=epochs, quiet=True)
-            with _algorithms.policy(policy):
+            with jaxconv.policy(policy):
                 s = train.fit(config, dataset).summary
             out.append({"run": i, "grads": grads, "policy": policy,
                         "train_seconds": s["train_seconds"], "compile_seconds":

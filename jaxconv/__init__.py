@@ -9,6 +9,7 @@ jaxconv.autodiff``.
 """
 
 from jaxconv import autodiff
+from jaxconv.ops._choice import get_policy, policy, set_policy, use
 from jaxconv.ops.activations import leaky_relu, relu, sigmoid, softplus, tanh
 from jaxconv.ops.conv import conv, conv1d, conv2d, conv3d
 from jaxconv.ops.dense import dense
@@ -37,4 +38,5 @@ __all__ = [
     "__version__", "autodiff", "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "dense",
     "leaky_relu", "max_pool", "relu", "sigmoid", "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels", "softplus", "squared_error", "tanh",
+    "get_policy", "policy", "set_policy", "use",
 ]

@@ -8,12 +8,13 @@ explicit ``(low, high)`` pads) that the ops carry as static, never-traced argume
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+
+from jaxconv._geometry import ConvConfig, PoolConfig, effective
 
 PaddingLike = str | int | Sequence[tuple[int, int]]
 LAYOUTS = ("channels_last", "channels_first")
@@ -251,31 +252,6 @@ def padding_pairs(
     )
 
 
-def out_size(n: int, pad: tuple[int, int], window: int, stride: int) -> int:
-    """Number of output positions along one dimension (``window`` already dilated)."""
-    return (n + pad[0] + pad[1] - window) // stride + 1
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvConfig:
-    """The fully explicit, hashable description of one convolution (channels-last, no batch).
-
-    Attributes:
-      stride, dilation: per spatial dimension.
-      padding: one ``(low, high)`` pair per spatial dimension.
-      groups: the number of channel groups (``C_in`` for depthwise).
-    """
-
-    stride: tuple[int, ...]
-    padding: tuple[tuple[int, int], ...]
-    dilation: tuple[int, ...]
-    groups: int
-
-    @property
-    def nd(self) -> int:
-        return len(self.stride)
-
-
 def conv_config(
     x: Any, w: Any, b: Any, *, stride: Any, padding: Any, dilation: Any, groups: Any, layout: str
 ) -> ConvConfig:
@@ -318,7 +294,7 @@ def conv_config(
     stride = per_dim("stride", stride, nd)
     dilation = per_dim("dilation", dilation, nd)
     kernel = w.shape[:nd]
-    window = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
+    window = tuple(effective(k, d) for k, d in zip(kernel, dilation, strict=True))
     in_size = x.shape[1:-1]
     pads = padding_pairs(padding, in_size, window, stride)
     for i, (n, p, k) in enumerate(zip(in_size, pads, window, strict=True)):
@@ -345,16 +321,6 @@ def _kshape(w: Any, first: bool) -> tuple[int, ...]:
 
 def layout(value: Any) -> str:
     return choice("layout", value, LAYOUTS)
-
-
-@dataclasses.dataclass(frozen=True)
-class PoolConfig:
-    """A pooling window: per-dimension window, stride, ``(low, high)`` padding and input size."""
-
-    window: tuple[int, ...]
-    stride: tuple[int, ...]
-    padding: tuple[tuple[int, int], ...]
-    in_size: tuple[int, ...]
 
 
 POOL_PADDING_STRINGS = ("VALID", "SAME")

@@ -40,8 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv import _checks
-from jaxconv.ops import _algorithms
+import jaxconv
+from jaxconv import _checks, _geometry
+from jaxconv.ops import _choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +61,14 @@ class Layer:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
                     groups=self.groups)
 
-    def config(self) -> _checks.ConvConfig:
+    def config(self) -> _geometry.ConvConfig:
         x = jax.ShapeDtypeStruct(self.x, jnp.float32)
         w = jax.ShapeDtypeStruct(self.w, jnp.float32)
         return _checks.conv_config(x, w, None, layout="channels_last", **self.kwargs())
 
     def out(self) -> tuple[int, ...]:
         cfg = self.config()
-        return (self.x[0], *_algorithms.out_spatial(self.x[1:-1], self.w[:-2], cfg), self.w[-1])
+        return (self.x[0], *_geometry.out_spatial(self.x[1:-1], self.w[:-2], cfg), self.w[-1])
 
     def flops(self) -> float:
         """Multiply-adds ×2 of the forward."""
@@ -88,6 +89,45 @@ LAYERS: tuple[Layer, ...] = (
     Layer("dilated.3x3", (32, 28, 28, 128), (3, 3, 128, 128), padding=2, dilation=2),
 )
 
+#: Extra tuning shapes: the README's layers at smaller batches and a few other families. With
+#: :data:`LAYERS` they form the *tune* set, the only shapes the heuristic's rules and thresholds
+#: were fitted to.
+TUNE_EXTRA: tuple[Layer, ...] = (
+    Layer("resnet.3x3.s2.b16", (16, 56, 56, 64), (3, 3, 64, 128), stride=2, padding=1),
+    Layer("resnet.stem.b8", (8, 224, 224, 3), (7, 7, 3, 64), stride=2, padding=3),
+    Layer("resnet.3x3.b8.28", (8, 28, 28, 128), (3, 3, 128, 128), padding=1),
+    Layer("resnet.1x1.b16", (16, 56, 56, 64), (1, 1, 64, 256)),
+    Layer("alexnet.conv1", (8, 227, 227, 3), (11, 11, 3, 64), stride=4, padding=2),
+    Layer("inception.5x5", (16, 28, 28, 32), (5, 5, 32, 64), padding=2),
+    Layer("tcn.1d.dil2", (16, 512, 64), (3, 64, 64), padding=2, dilation=2),
+    Layer("conv1d.s2", (32, 256, 32), (5, 32, 64), stride=2, padding=2),
+    Layer("depthwise.s2.b16", (16, 56, 56, 32), (3, 3, 1, 32), stride=2, padding=1, groups=32),
+    Layer("grouped4.b16", (16, 28, 28, 64), (3, 3, 16, 64), padding=1, groups=4),
+    Layer("c3d.b4", (4, 16, 28, 28, 16), (3, 3, 3, 16, 32), padding=1),
+    Layer("small.b4", (4, 32, 32, 8), (3, 3, 8, 16), padding=1),
+)
+
+#: The held-out set: layers of other architectures, batch 1 to 64, 1-, 2- and 3-D, strides,
+#: groups and dilation. No rule or threshold of the heuristic is fitted to these; their figure
+#: is the one to trust.
+HELDOUT: tuple[Layer, ...] = (
+    Layer("vgg.conv3", (4, 56, 56, 128), (3, 3, 128, 128), padding=1),
+    Layer("unet.decoder", (4, 64, 64, 128), (3, 3, 128, 64), padding=1),
+    Layer("cifar.conv.b64", (64, 32, 32, 16), (3, 3, 16, 32), padding=1),
+    Layer("mobilenet.dw.s2", (8, 112, 112, 32), (3, 3, 1, 32), stride=2, padding=1, groups=32),
+    Layer("mobilenet.pw", (16, 28, 28, 128), (1, 1, 128, 128)),
+    Layer("mobilenet.stem.b1", (1, 224, 224, 3), (3, 3, 3, 32), stride=2, padding=1),
+    Layer("speech.1d.s2", (8, 400, 80), (11, 80, 128), stride=2, padding=5),
+    Layer("wavenet.dil4", (4, 2000, 32), (2, 32, 64), dilation=4),
+    Layer("raw.audio.b1", (1, 8000, 1), (64, 1, 32), stride=4),
+    Layer("c3d.conv2", (2, 16, 32, 32, 16), (3, 3, 3, 16, 32), padding=1),
+    Layer("projection.s2", (16, 28, 28, 256), (1, 1, 256, 512), stride=2),
+    Layer("resnext.g32", (8, 28, 28, 128), (3, 3, 4, 128), padding=1, groups=32),
+    Layer("dilated.b2", (2, 64, 64, 64), (3, 3, 64, 64), padding=4, dilation=4),
+)
+
+SETS = {"readme": LAYERS, "tune": LAYERS + TUNE_EXTRA, "heldout": HELDOUT}
+
 #: Training steps: (batch shape, classes, model hyperparameters). LeNet-5 with its original
 #: widths (6, 16), as in PyTorch's model below; cnn1d as jaxconv.models builds it.
 TRAIN_STEPS = {
@@ -97,10 +137,12 @@ TRAIN_STEPS = {
 
 
 def layer(name: str) -> Layer:
-    for spec in LAYERS:
+    """A layer of the suite, the tuning shapes or the held-out set, by name."""
+    known = LAYERS + TUNE_EXTRA + HELDOUT
+    for spec in known:
         if spec.name == name:
             return spec
-    raise ValueError(f"layer must be one of {[s.name for s in LAYERS]}, got {name!r}")
+    raise ValueError(f"layer must be one of {[s.name for s in known]}, got {name!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,8 +151,9 @@ def layer(name: str) -> Layer:
 
 
 def compile_call(fn: Callable, *args, policy: str = "auto") -> Callable[[], Any]:
-    """Trace and compile ``fn(*args)`` under a conv policy; return a no-argument runner."""
-    with _algorithms.policy(policy):
+    """Trace and compile ``fn(*args)`` under a conv policy; return a no-argument runner. (Each
+    call compiles afresh: the harness keeps no cache of programs that the policy could alias.)"""
+    with jaxconv.policy(policy):
         compiled = jax.jit(fn).lower(*args).compile()
     return lambda: compiled(*args)
 
@@ -122,7 +165,9 @@ def interleaved(runners: dict[str, Callable[[], Any]], repeats: int = 10,
     call followed by ``block_until_ready``: at least ``repeats`` rounds, and more until the
     timed calls add up to ``min_seconds`` (at most 100·repeats rounds), so that a layer of a
     fraction of a millisecond gets the hundreds of calls its median needs on a noisy machine.
-    Returns ``{name: {"wall": s, "cpu": s, "wall_min": s, "calls": n}}``."""
+    Returns ``{name: {"wall": s, "cpu": s, "wall_min": s, "calls": n, "rounds": [s, ...]}}``,
+    ``rounds`` the wall time of each timed round (aligned across runners: round r of every
+    runner ran in the same round, so per-round ratios compare calls made side by side)."""
     for _ in range(warmup):
         for run in runners.values():
             _block(run())
@@ -142,7 +187,8 @@ def interleaved(runners: dict[str, Callable[[], Any]], repeats: int = 10,
             spent += wall[name][-1]
         r += 1
     return {name: {"wall": float(np.median(wall[name])), "cpu": float(np.median(cpu[name])),
-                   "wall_min": float(np.min(wall[name])), "calls": len(wall[name])}
+                   "wall_min": float(np.min(wall[name])), "calls": len(wall[name]),
+                   "rounds": wall[name]}
             for name in runners}
 
 
@@ -267,9 +313,9 @@ def _timed(runners: dict[str, Callable[[], Any]], torch_runner, repeats: int) ->
 def chosen(spec: Layer, policy: str = "auto") -> dict[str, str]:
     """The formulation the policy picks for each role of a layer (float32)."""
     cfg = spec.config()
-    with _algorithms.policy(policy):
-        return {role: _algorithms.choose(role, spec.x, spec.w, cfg, jnp.float32)
-                for role in _algorithms.ROLES}
+    with jaxconv.policy(policy):
+        return dict(zip(_choice.ROLES, _choice.plan(spec.x, spec.w, cfg, jnp.float32),
+                        strict=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,7 +397,7 @@ def bench_train_step(name: str, repeats: int = 10, torch: bool = True) -> dict:
     for variant, grads, policy in (("manual", "manual", "auto"), ("autodiff", "autodiff", "auto"),
                                    ("jax_xla", "autodiff", "xla")):
         step = _train_step(model, optimizer, grads)
-        with _algorithms.policy(policy):
+        with jaxconv.policy(policy):
             compiled = jax.jit(step).lower(params, opt_state, x, y).compile()
         memory[variant] = memory_bytes(compiled)
         runners[variant] = (lambda c: lambda: c(params, opt_state, x, y))(compiled)
@@ -373,7 +419,7 @@ def run_info(script: str, argv, repeats: int) -> dict:
     """Where and how a benchmark script ran: machine, versions, policy, its command line and the
     load average before it started (the caller adds ``load_after`` when it is done)."""
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
-            "backend": jax.default_backend(), "policy": _algorithms.get_policy(),
+            "backend": jax.default_backend(), "policy": _choice.get_policy(),
             "torch": getattr(_torch(), "__version__", None), "repeats": repeats,
             "command": f"python experiments/{script} " + " ".join(argv),
             "load_before": list(os.getloadavg())}
@@ -403,7 +449,7 @@ def layer_table(rows: list[dict], matmul: float) -> list[dict]:
         gflops = 3 * r["flops"] / fb["manual"]["wall"] / 1e9
         row = {
             "layer": r["layer"],
-            "choice": "/".join(r["choice"][k] for k in _algorithms.ROLES),
+            "choice": "/".join(r["choice"][k] for k in _choice.ROLES),
             "fwd_ms": fw["manual"]["wall"] * 1e3,
             "fwd_xla_ms": fw["jax_xla"]["wall"] * 1e3,
             "fwd_torch_ms": fw.get("torch", nan)["wall"] * 1e3,
@@ -415,8 +461,16 @@ def layer_table(rows: list[dict], matmul: float) -> list[dict]:
         for v in ("autodiff", "jax_xla", "torch"):
             for stat in ("wall", "cpu"):
                 row[f"vs_{v}_{stat}"] = fb.get(v, nan)[stat] / fb["manual"][stat]
+        for v in ("autodiff", "jax_xla"):
+            row[f"vs_{v}_rounds"] = round_ratio(fb[v], fb["manual"])
         table.append(row)
     return table
+
+
+def round_ratio(other: dict, manual: dict) -> float:
+    """The median over interleaved rounds of other's wall time / manual's in the same round:
+    the speed-up least affected by load that changes between rounds."""
+    return float(np.median(np.asarray(other["rounds"]) / np.asarray(manual["rounds"])))
 
 
 def step_table(rows: list[dict]) -> list[dict]:

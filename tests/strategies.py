@@ -108,14 +108,10 @@ def _op(mode: str, name: str):
 def conv_policy(policy: str | None):
     """Trace under this convolution policy (``"xla"``: XLA's convolution for the forward and both
     rules; ``"auto"``: the per-shape choice among the formulations of
-    :mod:`jaxconv.ops._algorithms`); ``None`` or no such module: leave the policy alone."""
+    :mod:`jaxconv.ops._formulations`); ``None``: leave the policy alone."""
     if policy is None:
         return contextlib.nullcontext()
-    try:
-        from jaxconv.ops import _algorithms
-    except ImportError:
-        return contextlib.nullcontext()
-    return _algorithms.policy(policy)
+    return jaxconv.policy(policy)
 
 
 # Compilation dominates these tests (the arrays are tiny). These two XLA:CPU options change how

@@ -1,9 +1,12 @@
-"""The convolution's alternative formulations (jaxconv.ops._algorithms) and the per-shape choice.
+"""The convolution's formulations (jaxconv.ops._formulations) and the per-shape choice
+(jaxconv.ops._choice).
 
-Every formulation of the forward, dx and dw must equal the XLA formulation (float64, 1e-10) on
-every configuration it is eligible for; the manual op must keep matching jax.grad whichever
-formulation is forced; the measurement cache must survive being missing, corrupt or stale; and
-the policy "xla" must switch every alternative off.
+Every formulation of the forward, dx and dw must equal the reference (the XLA convolution forms of
+jaxconv.ops.conv; float64, 1e-10) on every configuration it is eligible for; the manual op must
+keep matching jax.grad whichever formulation is forced; the choice must be part of the program
+(jit re-traces under another choice, the backward computes what the forward chose, contexts are
+per thread); "auto" must be a pure function of the problem; the measurement cache must survive
+being missing, corrupt or stale; and the policy "xla" must switch every alternative off.
 """
 
 import json
@@ -18,8 +21,10 @@ from hypothesis import given, settings
 
 import jaxconv
 import jaxconv.autodiff
-from jaxconv import _checks
-from jaxconv.ops import _algorithms as A
+from jaxconv import _geometry
+from jaxconv._geometry import ConvConfig
+from jaxconv.ops import _choice as C
+from jaxconv.ops import conv as K
 
 # A modest share of the active profile: each example compiles up to nine formulations.
 EXAMPLES = max(8, settings.default.max_examples // 20)
@@ -30,11 +35,11 @@ def _isolated(tmp_path, monkeypatch):
     """Each test gets its own cache folder, no environment policy and an empty memory."""
     monkeypatch.setenv("JAXCONV_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("JAXCONV_CONV_POLICY", raising=False)
-    A.clear_memory()
-    A.set_policy(None)
+    C.clear_memory()
+    jaxconv.set_policy(None)
     yield
-    A.clear_memory()
-    A.set_policy(None)
+    C.clear_memory()
+    jaxconv.set_policy(None)
 
 
 @st.composite
@@ -55,13 +60,13 @@ def problems(draw, max_nd=2):
         size.append(draw(st.integers(smallest, smallest + 5)))
     x_shape = (draw(st.integers(1, 2)), *size, groups * c_in_g)
     w_shape = (*kernel, c_in_g, c_out)
-    cfg = _checks.ConvConfig(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    cfg = ConvConfig(stride=stride, padding=padding, dilation=dilation, groups=groups)
     return x_shape, w_shape, cfg, draw(st.integers(0, 2**31 - 1))
 
 
 def _arrays(x_shape, w_shape, cfg, seed):
     kx, kw, kd = jax.random.split(jax.random.key(seed), 3)
-    y_shape = (x_shape[0], *A.out_spatial(x_shape[1:-1], w_shape[:-2], cfg), w_shape[-1])
+    y_shape = (x_shape[0], *_geometry.out_spatial(x_shape[1:-1], w_shape[:-2], cfg), w_shape[-1])
     return tuple(jax.random.normal(k, shape, jnp.float64)
                  for k, shape in ((kx, x_shape), (kw, w_shape), (kd, y_shape)))
 
@@ -72,19 +77,23 @@ def _close(actual, expected):
 
 @settings(max_examples=EXAMPLES)
 @given(problems(max_nd=3))
-def test_every_formulation_equals_xla(problem):
-    """forward, dx and dw of every eligible formulation equal XLA's convolution (float64)."""
+def test_every_formulation_equals_the_reference(problem):
+    """forward, dx and dw of every eligible formulation equal the reference, XLA's convolution
+    (float64)."""
     x_shape, w_shape, cfg, seed = problem
     x, w, dy = _arrays(x_shape, w_shape, cfg, seed)
     kernel, in_size = tuple(w_shape[:-2]), tuple(x_shape[1:-1])
     args = {"forward": (x, w, cfg), "dx": (dy, w, in_size, cfg), "dw": (x, dy, kernel, cfg)}
-    for role in A.ROLES:
-        names = A.eligible(role, x_shape, w_shape, cfg, jnp.float64)
+    for role in C.ROLES:
+        names = C.eligible(role, x_shape, w_shape, cfg, jnp.float64)
         assert "xla" in names and "shifted" in names
+        assert ("winograd" in names) == (role == "forward" and w_shape[:-2] == (3, 3)
+                                         and cfg.stride == (1, 1) and cfg.dilation == (1, 1)
+                                         and cfg.groups == 1)
         static = args[role][2:]  # in_size / kernel and cfg are static
 
         def call(name, role=role, static=static):
-            fn = A.TABLES[role][name]
+            fn = K.TABLES[role][name]
             return jax.jit(lambda a, b: fn(a, b, *static))(*args[role][:2])
 
         expected = call("xla")
@@ -106,9 +115,9 @@ def test_manual_gradients_equal_jax_grad_under_every_forced_formulation(problem,
     def loss(op):
         return lambda x, w, b: jnp.sum(jnp.sin(op(x, w, b, **kw)))
 
-    with A.use(forward=fwd, dx=dx, dw=dw):
+    with jaxconv.use(forward=fwd, dx=dx, dw=dw):
         manual = jax.jit(jax.value_and_grad(loss(jaxconv.conv), argnums=(0, 1, 2)))(x, w, b)
-    with A.policy("xla"):
+    with jaxconv.policy("xla"):
         reference = jax.jit(jax.value_and_grad(loss(jaxconv.autodiff.conv),
                                                argnums=(0, 1, 2)))(x, w, b)
     jax.tree.map(_close, manual, reference)
@@ -116,25 +125,42 @@ def test_manual_gradients_equal_jax_grad_under_every_forced_formulation(problem,
 
 def test_autodiff_differentiates_the_shared_forward_choice():
     """jaxconv.autodiff.conv runs the chosen forward too, and JAX's gradient of it is right."""
-    x, w, _ = _arrays((2, 9, 9, 4), (3, 3, 4, 5), _checks.ConvConfig((2, 1), ((1, 0), (2, 1)),
-                                                                     (1, 2), 1), 3)
+    cfg = ConvConfig((2, 1), ((1, 0), (2, 1)), (1, 2), 1)
+    x, w, _ = _arrays((2, 9, 9, 4), (3, 3, 4, 5), cfg, 3)
     kw = dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2))
 
     def loss(x, w):
         return jnp.sum(jnp.cos(jaxconv.autodiff.conv(x, w, **kw)))
 
-    with A.policy("xla"):
+    with jaxconv.policy("xla"):
         expected = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
-    for name in A.FORWARD:
-        with A.use(forward=name):
+    for name in C.eligible("forward", x.shape, w.shape, cfg, x.dtype):
+        with jaxconv.use(forward=name):
             jax.tree.map(_close, jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w), expected)
+
+
+@pytest.mark.parametrize("x_shape, padding", [((2, 7, 9, 3), ((1, 1), (1, 1))),
+                                               ((1, 6, 5, 2), ((0, 2), (2, 0))),
+                                               ((3, 4, 3, 1), ((0, 0), (0, 0)))])
+def test_winograd_equals_the_reference_and_its_float32_error_is_small(x_shape, padding):
+    """F(2×2, 3×3) on odd and even output sizes with asymmetric padding: equal to the reference
+    in float64 (1e-10); in float32 within 1e-5 of the output's scale (the core tests'
+    float32 tolerance), measured against the float64 reference."""
+    cfg = ConvConfig((1, 1), padding, (1, 1), 1)
+    w_shape = (3, 3, x_shape[-1], 4)
+    x, w, _ = _arrays(x_shape, w_shape, cfg, 7)
+    expected = K.forward_reference(x, w, cfg)
+    _close(jax.jit(K.FORWARD["winograd"], static_argnums=2)(x, w, cfg), expected)
+    y32 = K.FORWARD["winograd"](x.astype(jnp.float32), w.astype(jnp.float32), cfg)
+    error = float(jnp.max(jnp.abs(y32 - expected)) / jnp.max(jnp.abs(expected)))
+    assert error < 1e-5, error
 
 
 # --------------------------------------------------------------------------------------------
 # The choice: policy, off switch, backends.
 # --------------------------------------------------------------------------------------------
 
-LENET1 = ((128, 28, 28, 1), (5, 5, 1, 6), _checks.ConvConfig((1, 1), ((2, 2), (2, 2)), (1, 1), 1))
+LENET1 = ((128, 28, 28, 1), (5, 5, 1, 6), ConvConfig((1, 1), ((2, 2), (2, 2)), (1, 1), 1))
 
 
 def _hlo(policy_name=None, **forced):
@@ -144,13 +170,13 @@ def _hlo(policy_name=None, **forced):
     def f(x, w):
         return jax.grad(lambda x, w: jnp.sum(jaxconv.conv(x, w, padding=2)), argnums=(0, 1))(x, w)
 
-    with A.policy(policy_name), A.use(**forced):
+    with jaxconv.policy(policy_name), jaxconv.use(**forced):
         return jax.jit(f).lower(x, w).as_text()
 
 
 def test_policy_xla_is_the_off_switch():
-    with A.policy("xla"):
-        assert {A.choose(r, *LENET1, jnp.float32) for r in A.ROLES} == {"xla"}
+    with jaxconv.policy("xla"):
+        assert {C.choose(r, *LENET1, jnp.float32) for r in C.ROLES} == {"xla"}
     assert "convolution" in _hlo("xla")
     # Forcing every role away from XLA leaves no convolution at all in the program.
     assert "convolution" not in _hlo(forward="shifted", dx="shifted", dw="shifted")
@@ -158,33 +184,36 @@ def test_policy_xla_is_the_off_switch():
 
 def test_environment_variable_sets_the_policy(monkeypatch):
     monkeypatch.setenv("JAXCONV_CONV_POLICY", "xla")
-    assert A.get_policy() == "xla"
-    assert A.choose("forward", *LENET1, jnp.float32) == "xla"
-    A.set_policy("auto")  # an explicit set_policy wins over the environment
-    assert A.get_policy() == "auto"
+    assert jaxconv.get_policy() == "xla"
+    assert C.choose("forward", *LENET1, jnp.float32) == "xla"
+    jaxconv.set_policy("auto")  # an explicit set_policy wins over the environment
+    assert jaxconv.get_policy() == "auto"
     monkeypatch.setenv("JAXCONV_CONV_POLICY", "fastest")
-    A.set_policy(None)
+    jaxconv.set_policy(None)
     with pytest.raises(ValueError, match="JAXCONV_CONV_POLICY"):
-        A.get_policy()
+        jaxconv.get_policy()
 
 
 def test_bad_policy_and_forced_names_are_rejected():
     with pytest.raises(ValueError, match="policy must be one of"):
-        A.set_policy("fastest")
-    with pytest.raises(ValueError, match="dx must be one of"), A.use(dx="im2col"):
+        jaxconv.set_policy("fastest")
+    with pytest.raises(ValueError, match="dx must be one of"), jaxconv.use(dx="im2col"):
         pass
+    x, w = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2))
+    with pytest.raises(ValueError, match="winograd.*stride"), jaxconv.use(forward="winograd"):
+        jaxconv.conv(x, w, stride=2)
 
 
 def test_other_backends_default_to_xla(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert {A.choose(r, *LENET1, jnp.float32) for r in A.ROLES} == {"xla"}
+    assert {C.choose(r, *LENET1, jnp.float32) for r in C.ROLES} == {"xla"}
 
 
 def test_auto_policy_picks_an_eligible_formulation_on_cpu():
     if jax.default_backend() != "cpu":
         pytest.skip("the heuristic is for CPU")
-    for role in A.ROLES:
-        assert A.choose(role, *LENET1, jnp.float32) in A.eligible(role, *LENET1, jnp.float32)
+    for role in C.ROLES:
+        assert C.choose(role, *LENET1, jnp.float32) in C.eligible(role, *LENET1, jnp.float32)
 
 
 def test_lenet_layers_get_the_banded_rules_on_cpu():
@@ -192,127 +221,281 @@ def test_lenet_layers_get_the_banded_rules_on_cpu():
     convolution is slowest; the heuristic gives their dx and dw the banded products."""
     if jax.default_backend() != "cpu":
         pytest.skip("the heuristic is for CPU")
-    valid = _checks.ConvConfig((1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    valid = ConvConfig((1, 1), ((0, 0), (0, 0)), (1, 1), 1)
     for problem in (LENET1, ((128, 14, 14, 6), (5, 5, 6, 16), valid)):
-        assert A.choose("dx", *problem, jnp.float32) == "banded"
-        assert A.choose("dw", *problem, jnp.float32) == "banded"
-    wide = ((8, 64, 64, 3), (3, 3, 3, 16), _checks.ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 1))
-    assert A.choose("dw", *wide, jnp.float32) != "banded"  # 66-wide rows: T is mostly zeros
+        assert C.choose("dx", *problem, jnp.float32) == "banded"
+        assert C.choose("dw", *problem, jnp.float32) == "banded"
+    wide = ((8, 64, 64, 3), (3, 3, 3, 16), ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 1))
+    assert C.choose("dw", *wide, jnp.float32) != "banded"  # 66-wide rows: T is mostly zeros
+
+
+def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
+    """The heuristic's cases, one layer each: plain layers stay with XLA's convolution."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the heuristic is for CPU")
+    same = ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 1)
+    strided = ConvConfig((2, 2), ((1, 1),) * 2, (1, 1), 1)
+    cases = [
+        (((32, 56, 56, 64), (3, 3, 64, 64), same), ("xla", "xla", "xla")),  # ResNet 3x3
+        (((16, 4096, 64), (9, 64, 64), ConvConfig((1,), ((4, 4),), (1,), 1)),
+         ("xla", "xla", "xla")),  # a plain 1-D layer
+        (((32, 56, 56, 64), (3, 3, 64, 128), strided), ("xla", "xla", "xla")),
+        (((100, 19, 25), (3, 25, 25), ConvConfig((2,), ((1, 1),), (1,), 1)),
+         ("xla", "col2im", "im2col")),  # strided 1-D
+        (((32, 56, 56, 64), (3, 3, 1, 64), ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 64)),
+         ("shifted", "shifted", "shifted")),  # depthwise
+    ]
+    for problem, expected in cases:
+        assert C.plan(*problem, jnp.float32) == expected, problem
 
 
 def test_im2col_is_ineligible_above_the_memory_cap():
-    cfg = _checks.ConvConfig((1, 1), ((1, 1), (1, 1)), (1, 1), 1)
+    cfg = ConvConfig((1, 1), ((1, 1), (1, 1)), (1, 1), 1)
     big = ((64, 128, 128, 64), (3, 3, 64, 64), cfg, jnp.float32)  # 2.4 GB of patches
-    assert "im2col" not in A.eligible("forward", *big)
-    assert "col2im" not in A.eligible("dx", *big)
-    assert "im2col" not in A.eligible("dw", *big)
-    for role in A.ROLES:  # and its banded matrix would be 3·130·64 × 128·64 floats (818 MB)
-        assert "banded" not in A.eligible(role, *big)
-    for role in A.ROLES:
-        assert A.choose(role, *big) in A.eligible(role, *big)
+    assert "im2col" not in C.eligible("forward", *big)
+    assert "col2im" not in C.eligible("dx", *big)
+    assert "im2col" not in C.eligible("dw", *big)
+    for role in C.ROLES:  # and its banded matrix would be 3·130·64 × 128·64 floats (818 MB)
+        assert "banded" not in C.eligible(role, *big)
+    for role in C.ROLES:
+        assert C.choose(role, *big) in C.eligible(role, *big)
+
+
+# --------------------------------------------------------------------------------------------
+# The choice is part of the program.
+# --------------------------------------------------------------------------------------------
+
+
+def _grad_fn():
+    def f(x, w):
+        return jax.grad(lambda x, w: jnp.sum(jaxconv.conv(x, w, padding=1) ** 2),
+                        argnums=(0, 1))(x, w)
+    return f
+
+
+def test_jit_retraces_under_another_choice():
+    """A function jitted under use(forward="xla") is not reused under use(forward="shifted"),
+    nor under another policy: the program differs, and each block gets its own trace."""
+    traces = []
+    x = jnp.ones((2, 7, 7, 3), jnp.float32)
+    w = jnp.ones((3, 3, 3, 4), jnp.float32)
+
+    @jax.jit
+    def f(x, w):
+        traces.append(C.key())
+        return _grad_fn()(x, w)
+
+    with jaxconv.use(forward="xla", dx="xla", dw="xla"):
+        f(x, w)
+        hlo_xla = f.lower(x, w).as_text()
+    with jaxconv.use(forward="shifted", dx="shifted", dw="shifted"):
+        f(x, w)
+        hlo_shifted = f.lower(x, w).as_text()
+    assert "convolution" in hlo_xla and "convolution" not in hlo_shifted
+    with jaxconv.use(forward="xla", dx="xla", dw="xla"):
+        f(x, w)  # the first program again: a cache hit
+    with jaxconv.policy("xla"):
+        f(x, w)
+    jaxconv.set_policy("xla")
+    f(x, w)
+    assert len(traces) == 4 and len(set(traces)) == 3, traces  # set_policy: same Key, new trace
+
+
+def test_key_is_a_hashable_snapshot_of_policy_and_forced_names():
+    assert C.key() == C.Key("auto", ())
+    with jaxconv.policy("measure"), jaxconv.use(dw="im2col"):
+        with jaxconv.use(dx="col2im"):
+            inner = C.key()
+        assert C.key() == C.Key("measure", (("dw", "im2col"),))
+    assert inner == C.Key("measure", (("dw", "im2col"), ("dx", "col2im")))
+    assert hash(inner) == hash(C.Key("measure", (("dw", "im2col"), ("dx", "col2im"))))
+    assert C.key() == C.Key("auto", ())
+
+
+def test_blocks_are_per_thread_and_set_policy_is_global():
+    import threading
+
+    seen = {}
+
+    def worker():
+        seen["policy"] = jaxconv.get_policy()
+        seen["forced"] = C.key().forced
+
+    with jaxconv.policy("xla"), jaxconv.use(dw="shifted"):
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+    assert seen == {"policy": "auto", "forced": ()}  # the block stayed in its own thread
+    jaxconv.set_policy("xla")
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen["policy"] == "xla"
+
+
+def test_the_rule_computes_what_the_forward_chose():
+    """The manual op's backward runs the dx and dw chosen when its forward was traced, even when
+    it is traced later, outside the block that forced them."""
+    x = jnp.ones((2, 7, 7, 3), jnp.float32)
+    w = jnp.ones((3, 3, 3, 4), jnp.float32)
+    with jaxconv.use(forward="shifted", dx="shifted", dw="shifted"):
+        y, vjp = jax.vjp(lambda x, w: jaxconv.conv(x, w, padding=1), x, w)
+    with jaxconv.policy("xla"):
+        text = jax.jit(vjp).lower(jnp.ones_like(y)).as_text()
+    assert "convolution" not in text
+
+
+def test_auto_is_a_pure_function_of_the_problem(monkeypatch):
+    """Under "auto" no measurement and no cache is consulted: a cached choice (written as a
+    measurement would) changes nothing."""
+    calls = _count_measurements(monkeypatch)
+    before = C.plan(*SMALL)
+    _write_cache({"forward": "im2col", "dx": "col2im", "dw": "im2col"})
+    C.clear_memory()
+    assert C.plan(*SMALL) == before
+    assert calls == []
+
+
+def test_policy_api_is_published_flat():
+    assert jaxconv.use is C.use and jaxconv.policy is C.policy
+    assert jaxconv.set_policy is C.set_policy and jaxconv.get_policy is C.get_policy
+    assert {"use", "policy", "set_policy", "get_policy"} <= set(jaxconv.__all__)
 
 
 # --------------------------------------------------------------------------------------------
 # The measurement cache: missing, corrupt, stale, and used when valid.
 # --------------------------------------------------------------------------------------------
 
-SMALL = ((2, 6, 3), (3, 3, 4), _checks.ConvConfig((1,), ((1, 1),), (1,), 1), jnp.float32)
+SMALL = ((2, 6, 3), (3, 3, 4), ConvConfig((1,), ((1, 1),), (1,), 1), jnp.float32)
 
 
 def _count_measurements(monkeypatch):
     calls = []
-    real = A.measure
+    real = C.measure
 
     def counting(*args, **kwargs):
-        calls.append(args[0])
+        calls.append(tuple(args[0]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(A, "measure", counting)
+    monkeypatch.setattr(C, "measure", counting)
     return calls
+
+
+def test_measure_times_the_composed_layer_and_keeps_xla_without_evidence(monkeypatch):
+    """measure() times forward+backward programs (one per candidate triple), starting from XLA
+    for all three roles; with every candidate equally fast, XLA stays."""
+    timed = []
+
+    def fake_time(runners, repeats):
+        timed.append(sorted(runners))
+        return {names: 1.0 for names in runners}
+
+    monkeypatch.setattr(C, "_time", fake_time)
+    result = C.measure(*SMALL)
+    assert result["choice"] == {"forward": "xla", "dx": "xla", "dw": "xla"}
+    assert [("xla", "xla", "xla") in names for names in timed] == [True] * 3
+    assert {n for names in timed for n in names} == {
+        ("xla", "xla", "xla"), *(("xla", "xla", n) for n in C.eligible("dw", *SMALL)),
+        *(("xla", n, "xla") for n in C.eligible("dx", *SMALL)),
+        *((n, "xla", "xla") for n in C.eligible("forward", *SMALL))}
+
+
+def test_measure_takes_a_candidate_only_when_clearly_faster(monkeypatch):
+    def fake_time(runners, repeats):
+        return {names: (0.5 if names[2] == "im2col" else 0.97 if names[1] == "col2im" else 1.0)
+                for names in runners}
+
+    monkeypatch.setattr(C, "_time", fake_time)
+    # dw: im2col twice as fast, taken; dx: col2im only 3 % faster, not taken.
+    assert C.measure(*SMALL)["choice"] == {"forward": "xla", "dx": "xla", "dw": "im2col"}
 
 
 def test_measure_with_missing_cache_measures_once_and_writes_it(monkeypatch):
     calls = _count_measurements(monkeypatch)
-    assert not A.cache_path().exists()
-    with A.policy("measure"):
-        first = A.choose("dw", *SMALL)
-        again = A.choose("dw", *SMALL)
-    assert first == again and first in A.DW and calls == ["dw"]
-    data = json.loads(A.cache_path().read_text())
-    assert data["version"] == A.CACHE_VERSION
-    assert list(data["choices"].values()) == [first]
-    assert [p.name for p in A.cache_path().parent.iterdir()] == [A.cache_path().name]  # no temp
+    assert not C.cache_path().exists()
+    with jaxconv.policy("measure"):
+        first = C.plan(*SMALL)
+        again = C.plan(*SMALL)
+    assert first == again and calls == [SMALL[0]]
+    assert all(name in C.NAMES[role] for role, name in zip(C.ROLES, first, strict=True))
+    data = json.loads(C.cache_path().read_text())
+    assert data["version"] == C.CACHE_VERSION
+    assert list(data["choices"].values()) == [dict(zip(C.ROLES, first, strict=True))]
+    assert [p.name for p in C.cache_path().parent.iterdir()] == [C.cache_path().name]  # no temp
     # A new process (simulated: memory cleared) reads the choice back without measuring.
-    A.clear_memory()
-    with A.policy("measure"):
-        assert A.choose("dw", *SMALL) == first
-    assert calls == ["dw"]
+    C.clear_memory()
+    with jaxconv.policy("measure"):
+        assert C.plan(*SMALL) == first
+    assert calls == [SMALL[0]]
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00", b"[1, 2]",
-                                     b'{"version": 1, "choices": 7}'])
+                                     b'{"version": 2, "choices": 7}'])
 def test_corrupt_cache_is_ignored_and_rewritten(monkeypatch, content):
-    A.cache_path().parent.mkdir(parents=True)
-    A.cache_path().write_bytes(content)
+    C.cache_path().parent.mkdir(parents=True)
+    C.cache_path().write_bytes(content)
     calls = _count_measurements(monkeypatch)
-    assert A.load_cache() == {}
-    with A.policy("auto"):  # auto reads a cache but never fails on a bad one
-        assert A.choose("forward", *SMALL) in A.FORWARD
-    with A.policy("measure"):
-        assert A.choose("forward", *SMALL) in A.FORWARD
-    assert calls == ["forward"]
-    assert json.loads(A.cache_path().read_text())["version"] == A.CACHE_VERSION
+    assert C.load_cache() == {}
+    with jaxconv.policy("measure"):
+        assert C.choose("forward", *SMALL) in K.FORWARD
+    assert calls == [SMALL[0]]
+    assert json.loads(C.cache_path().read_text())["version"] == C.CACHE_VERSION
 
 
-def _write_cache(choice, version=A.CACHE_VERSION, role="forward"):
-    key = A._key(role, A.problem(*SMALL), jax.default_backend())
-    A.cache_path().parent.mkdir(parents=True, exist_ok=True)
-    A.cache_path().write_text(json.dumps({"version": version, "choices": {key: choice}}))
+def _write_cache(entry, version=C.CACHE_VERSION):
+    key = C._cache_key(C.problem(*SMALL), jax.default_backend())
+    C.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    C.cache_path().write_text(json.dumps({"version": version, "choices": {key: entry}}))
 
 
-def test_valid_cache_entry_is_used_by_measure_and_auto(monkeypatch):
+def test_valid_cache_entry_is_used_by_measure(monkeypatch):
     calls = _count_measurements(monkeypatch)
-    for choice in ("shifted", "im2col"):
-        _write_cache(choice)
-        A.clear_memory()
-        with A.policy("measure"):
-            assert A.choose("forward", *SMALL) == choice
-        with A.policy("auto"):
-            assert A.choose("forward", *SMALL) == choice
-        with A.policy("xla"):  # the off switch ignores the cache
-            assert A.choose("forward", *SMALL) == "xla"
+    for forward in ("shifted", "im2col"):
+        _write_cache({"forward": forward, "dx": "col2im", "dw": "banded"})
+        C.clear_memory()
+        with jaxconv.policy("measure"):
+            assert C.plan(*SMALL) == (forward, "col2im", "banded")
+            with jaxconv.use(dx="shifted"):  # forcing wins over the measurement
+                assert C.plan(*SMALL) == (forward, "shifted", "banded")
+        with jaxconv.policy("xla"):  # the off switch ignores the cache
+            assert C.plan(*SMALL) == ("xla", "xla", "xla")
     assert calls == []
 
 
-@pytest.mark.parametrize("version, choice", [(A.CACHE_VERSION + 1, "shifted"),
-                                             (A.CACHE_VERSION, "winograd"),
-                                             (A.CACHE_VERSION, "col2im")])
-def test_stale_cache_entries_are_ignored(monkeypatch, version, choice):
-    """Another format version, or a name that is not (or no longer) a formulation of the role."""
-    _write_cache(choice, version=version)
+@pytest.mark.parametrize("version, entry", [
+    (C.CACHE_VERSION + 1, {"forward": "shifted", "dx": "xla", "dw": "xla"}),
+    (C.CACHE_VERSION, {"forward": "fft", "dx": "xla", "dw": "xla"}),
+    (C.CACHE_VERSION, {"forward": "col2im", "dx": "xla", "dw": "xla"}),
+    (C.CACHE_VERSION, {"forward": "xla", "dx": "xla"}),
+    (C.CACHE_VERSION, "shifted"),
+])
+def test_stale_cache_entries_are_ignored(monkeypatch, version, entry):
+    """Another format version, a name that is not (or no longer) a formulation of its role, a
+    role missing, or the old one-name-per-role format."""
+    _write_cache(entry, version=version)
     calls = _count_measurements(monkeypatch)
-    with A.policy("measure"):
-        assert A.choose("forward", *SMALL) in A.FORWARD
-    assert calls == ["forward"]
+    with jaxconv.policy("measure"):
+        assert C.choose("forward", *SMALL) in K.FORWARD
+    assert calls == [SMALL[0]]
 
 
 def test_unwritable_cache_is_not_an_error(monkeypatch, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("JAXCONV_CACHE_DIR", str(blocker / "sub"))  # a folder under a file
-    with A.policy("measure"):
-        assert A.choose("dx", *SMALL) in A.DX
+    with jaxconv.policy("measure"):
+        assert C.choose("dx", *SMALL) in K.DX
 
 
 def test_measure_policy_works_while_tracing_under_jit():
     x = jnp.ones(SMALL[0], jnp.float32)
     w = jnp.ones(SMALL[1], jnp.float32)
-    with A.policy("measure"):
+    with jaxconv.policy("measure"):
         g = jax.jit(jax.grad(lambda x, w: jnp.sum(jaxconv.conv(x, w, padding=1) ** 2),
                              argnums=(0, 1)))(x, w)
-    with A.policy("xla"):
+    with jaxconv.policy("xla"):
         expected = jax.jit(jax.grad(lambda x, w: jnp.sum(jaxconv.autodiff.conv(x, w, padding=1)
                                                          ** 2), argnums=(0, 1)))(x, w)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), g, expected)
-    assert len(A.load_cache()) == 3
+    assert len(C.load_cache()) == 1
     assert math.isfinite(float(jnp.sum(g[0])))

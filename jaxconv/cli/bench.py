@@ -53,8 +53,8 @@ def _names(text: str, known: list[str], what: str) -> list[str]:
 
 
 def run(args) -> int:
+    import jaxconv
     from jaxconv import bench
-    from jaxconv.ops import _algorithms
 
     layers = _names(args.layers, [s.name for s in bench.LAYERS], "layers")
     steps = _names(args.steps, list(bench.TRAIN_STEPS), "steps")
@@ -63,11 +63,11 @@ def run(args) -> int:
         if not parent.is_dir():
             raise FileNotFoundError(f"--json: the folder {str(parent)!r} does not exist")
     if args.policy:
-        _algorithms.set_policy(args.policy)
+        jaxconv.set_policy(args.policy)
     torch = not args.no_torch
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     matmul = bench.matmul_gflops()
-    print(f"policy {_algorithms.get_policy()}; float32 matmul {matmul:.1f} GFLOP/s; "
+    print(f"policy {jaxconv.get_policy()}; float32 matmul {matmul:.1f} GFLOP/s; "
           f"load average {load:.2f}; torch "
           f"{'yes' if torch and bench._torch() is not None else 'no'}", flush=True)
     layer_rows = []
@@ -90,6 +90,6 @@ def run(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"matmul_gflops": matmul, "load_average": load,
-                       "policy": _algorithms.get_policy(), "layers": layer_rows,
+                       "policy": jaxconv.get_policy(), "layers": layer_rows,
                        "steps": step_rows}, f, indent=1)
     return 0

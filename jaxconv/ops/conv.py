@@ -28,32 +28,153 @@ Groups split the channels: each group of C_out / groups filters sees only its ow
 C_in / groups input channels, so dx transposes w group by group and dw pairs each group of x
 with its own group of dy.
 
-Each rule is computed by one of several equivalent formulations chosen per shape at trace time
-(:mod:`jaxconv.ops._algorithms`): one convolution (``lax.conv_general_dilated``), a sum of
-shifted matrix products, im2col with one matrix product, or one product with the banded
-(Toeplitz) matrix that the kernel makes along the last spatial dimension. None loops over
-positions and no Jacobian is ever formed.
+These are the *reference* forms below: each product is one correlation
+(``lax.conv_general_dilated``), with its paddings and dilations named by
+:func:`dx_padding` and :func:`dw_padding`. Per shape, a faster equivalent may compute the same
+product instead (shifted matrix products, im2col / col2im, or one product with the banded
+(Toeplitz) matrix the kernel makes along the last spatial dimension:
+:mod:`jaxconv.ops._formulations`, proven equal to these by the tests), chosen at trace time by
+:mod:`jaxconv.ops._choice`. None loops over positions and no Jacobian is ever formed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxconv import _checks
-from jaxconv._checks import ConvConfig
-from jaxconv.ops import _algorithms
+from jaxconv._geometry import ConvConfig, effective
+from jaxconv.ops import _choice, _formulations
 from jaxconv.ops._twins import twins
 
 # --------------------------------------------------------------------------------------------
-# Forward and the three rules, side by side. Core layout: x (N, *S, C), w (*K, C_in/g, C_out),
-# y (N, *O, C_out). Each product may be computed by any of several formulations (one XLA
-# convolution, shifted matrix products, im2col): see jaxconv.ops._algorithms, which holds them
-# and chooses per shape and dtype at trace time. The forward's choice is shared with
-# jaxconv.autodiff.conv; the choice of the dx and dw formulations is the manual rule's own.
+# The reference forms: the forward and its two rules as correlations, the lecture's formulas.
+# Core layout: x (N, *S, C_in), w (*K, C_in/g, C_out), y and dy (N, *O, C_out).
 # --------------------------------------------------------------------------------------------
 
-rot180_transpose = _algorithms.rot180_transpose
+
+def _channels_last_numbers(nd: int) -> lax.ConvDimensionNumbers:
+    """lhs (N, *S, C), rhs (*K, I, O), out (N, *S, C): lax's NHWC / HWIO, for any nd."""
+    spatial = tuple(range(1, nd + 1))
+    return lax.ConvDimensionNumbers(
+        lhs_spec=(0, nd + 1, *spatial),
+        rhs_spec=(nd + 1, nd, *range(nd)),
+        out_spec=(0, nd + 1, *spatial),
+    )
+
+
+def _weight_grad_numbers(nd: int) -> lax.ConvDimensionNumbers:
+    """dw = x ⋆ dy with the batch axis N contracted: x's channels play the batch, dy's channels
+    the output features, and the result comes out directly in the kernel layout (*K, I, O)."""
+    spatial = tuple(range(1, nd + 1))
+    return lax.ConvDimensionNumbers(
+        lhs_spec=(nd + 1, 0, *spatial),
+        rhs_spec=(nd + 1, 0, *spatial),
+        out_spec=(nd, nd + 1, *range(nd)),
+    )
+
+
+def rot180_transpose(w: jax.Array, groups: int) -> jax.Array:
+    """rot180(w) with input and output channels swapped group by group.
+
+    (*K, C_in/g, C_out) -> (*K, C_out/g, C_in): the kernel of the dx correlation.
+    """
+    nd = w.ndim - 2
+    *k, c_in_g, c_out = w.shape
+    w = jnp.flip(w, axis=tuple(range(nd)))
+    w = w.reshape(*k, c_in_g, groups, c_out // groups)
+    w = jnp.moveaxis(w, nd, nd + 2)  # (*K, g, C_out/g, C_in/g)
+    w = jnp.swapaxes(w, nd, nd + 1)  # (*K, C_out/g, g, C_in/g)
+    return w.reshape(*k, c_out // groups, groups * c_in_g)
+
+
+def dx_padding(in_size, out_size, kernel, cfg: ConvConfig) -> tuple[tuple[int, int], ...]:
+    """The padding of dy_s (dy dilated by the stride) in dx's correlation, per spatial dim.
+
+    A *full* correlation pads by d(K−1) on each side; the high side also gets the remainder
+    r = I + lo + hi − d(K−1) − 1 − (O−1)·s (trailing inputs no output reached: their dx is 0);
+    the forward's padding (lo, hi) is cropped off by padding that much less (possibly
+    negative): (d(K−1) − lo, d(K−1) + r − hi).
+    """
+    pads = []
+    for n_in, n_out, k, s, d, (lo, hi) in zip(in_size, out_size, kernel, cfg.stride,
+                                              cfg.dilation, cfg.padding, strict=True):
+        full = effective(k, d) - 1
+        remainder = n_in + lo + hi - effective(k, d) - (n_out - 1) * s
+        pads.append((full - lo, full + remainder - hi))
+    return tuple(pads)
+
+
+def dw_padding(in_size, out_size, kernel, cfg: ConvConfig) -> tuple[tuple[int, int], ...]:
+    """The padding of x in dw's correlation with dy_s, per spatial dim: the forward's lo, and on
+    the high side whatever makes the window of dy_s ((O−1)·s + 1 long, stepping by d) land on
+    exactly K positions: d(K−1) + (O−1)·s + 1 − I − lo, which trims the remainder r."""
+    return tuple(
+        (lo, (k - 1) * d + (n_out - 1) * s + 1 - n_in - lo)
+        for n_in, n_out, k, s, d, (lo, _) in zip(in_size, out_size, kernel, cfg.stride,
+                                                 cfg.dilation, cfg.padding, strict=True)
+    )
+
+
+def forward_reference(x: jax.Array, w: jax.Array, cfg: ConvConfig) -> jax.Array:
+    """y[o] = Σ_k w[k] · x_pad[o·s + k·d]: one correlation (no bias)."""
+    return lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=cfg.stride,
+        padding=cfg.padding,
+        rhs_dilation=cfg.dilation,
+        dimension_numbers=_channels_last_numbers(cfg.nd),
+        feature_group_count=cfg.groups,
+    )
+
+
+def dx_reference(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.Array:
+    """dx = full-conv(rot180 w, dy): dy dilated by the stride (``lhs_dilation``), padded by
+    :func:`dx_padding` (full, with the forward's padding cropped off), correlated with the
+    rotated, channel-transposed kernel dilated like the forward's (``rhs_dilation``)."""
+    kernel = w.shape[: cfg.nd]
+    return lax.conv_general_dilated(
+        dy,
+        rot180_transpose(w, cfg.groups),
+        window_strides=(1,) * cfg.nd,
+        padding=dx_padding(in_size, dy.shape[1:-1], kernel, cfg),
+        lhs_dilation=cfg.stride,
+        rhs_dilation=cfg.dilation,
+        dimension_numbers=_channels_last_numbers(cfg.nd),
+        feature_group_count=cfg.groups,
+    )
+
+
+def dw_reference(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> jax.Array:
+    """dw = x ⋆ dy_s over the batch: x padded by :func:`dw_padding`, correlated with dy dilated
+    by the stride (``rhs_dilation``), stepping by the kernel's dilation (``window_strides``);
+    groups pair each group of x with its own group of dy (``batch_group_count``)."""
+    return lax.conv_general_dilated(
+        x,
+        dy,
+        window_strides=cfg.dilation,
+        padding=dw_padding(x.shape[1:-1], dy.shape[1:-1], kernel, cfg),
+        rhs_dilation=cfg.stride,
+        dimension_numbers=_weight_grad_numbers(cfg.nd),
+        batch_group_count=cfg.groups,
+    )
+
+
+#: Every formulation of each role by name: the reference ("xla") and its faster equivalents.
+FORWARD: dict[str, Callable] = {"xla": forward_reference, **_formulations.FORWARD}
+DX: dict[str, Callable] = {"xla": dx_reference, **_formulations.DX}
+DW: dict[str, Callable] = {"xla": dw_reference, **_formulations.DW}
+TABLES = {"forward": FORWARD, "dx": DX, "dw": DW}
+
+# --------------------------------------------------------------------------------------------
+# Forward and the three rules, side by side, each computed by the formulation chosen for its
+# shape. The forward's choice is shared with jaxconv.autodiff.conv; the choice of the dx and dw
+# formulations is the manual rule's own.
+# --------------------------------------------------------------------------------------------
 
 
 def conv_forward(x: jax.Array, w: jax.Array, b: jax.Array | None, cfg: ConvConfig) -> jax.Array:
@@ -61,9 +182,7 @@ def conv_forward(x: jax.Array, w: jax.Array, b: jax.Array | None, cfg: ConvConfi
 
     y[o] = b + Σ_k w[k] · x_pad[o·s + k·d], computed by the formulation chosen for this shape.
     """
-    y = _algorithms.run(
-        "forward", x, w, cfg, x_shape=x.shape, w_shape=w.shape, cfg=cfg, dtype=x.dtype
-    )
+    y = FORWARD[_choice.choose("forward", x.shape, w.shape, cfg, x.dtype)](x, w, cfg)
     return y if b is None else y + b
 
 
@@ -82,9 +201,7 @@ def conv_dw(x: jax.Array, dy: jax.Array, kernel: tuple[int, ...], cfg: ConvConfi
     dw[k] = view_k(x)ᵀ · dy, a matrix product over the N·O positions.
     """
     w_shape = (*kernel, x.shape[-1] // cfg.groups, dy.shape[-1])
-    return _algorithms.run(
-        "dw", x, dy, kernel, cfg, x_shape=x.shape, w_shape=w_shape, cfg=cfg, dtype=x.dtype
-    )
+    return DW[_choice.choose("dw", x.shape, w_shape, cfg, x.dtype)](x, dy, kernel, cfg)
 
 
 def conv_dx(dy: jax.Array, w: jax.Array, in_size: tuple[int, ...], cfg: ConvConfig) -> jax.Array:
@@ -97,30 +214,40 @@ def conv_dx(dy: jax.Array, w: jax.Array, in_size: tuple[int, ...], cfg: ConvConf
     made it.
     """
     x_shape = (dy.shape[0], *in_size, w.shape[-2] * cfg.groups)
-    return _algorithms.run(
-        "dx", dy, w, in_size, cfg, x_shape=x_shape, w_shape=w.shape, cfg=cfg, dtype=dy.dtype
-    )
+    return DX[_choice.choose("dx", x_shape, w.shape, cfg, dy.dtype)](dy, w, in_size, cfg)
 
 
 # --------------------------------------------------------------------------------------------
-# The manual op: forward + rules via custom_vjp. Residuals: x and w only.
+# The manual op: forward + rules via custom_vjp. Residuals: x and w only. The formulations are
+# chosen once, when the forward is traced, and reach the rule as a static argument (``plan``:
+# the forward, dx and dw names), so the backward computes what was chosen with the forward.
 # --------------------------------------------------------------------------------------------
 
 
-def _conv_fwd(x, w, b, cfg):
-    return conv_forward(x, w, b, cfg), (x, w, b)
+def _conv_planned(x, w, b, cfg, plan):
+    y = FORWARD[plan[0]](x, w, cfg)
+    return y if b is None else y + b
 
 
-def _conv_bwd(cfg, residuals, dy):
+def _conv_fwd(x, w, b, cfg, plan):
+    return _conv_planned(x, w, b, cfg, plan), (x, w, b)
+
+
+def _conv_bwd(cfg, plan, residuals, dy):
     x, w, b = residuals  # b is kept only for its structure (None or (C_out,))
-    dx = conv_dx(dy, w, x.shape[1:-1], cfg)
-    dw = conv_dw(x, dy, w.shape[: cfg.nd], cfg)
+    dx = DX[plan[1]](dy, w, x.shape[1:-1], cfg)
+    dw = DW[plan[2]](x, dy, w.shape[: cfg.nd], cfg)
     db = None if b is None else conv_db(dy)
     return dx, dw, db
 
 
-_conv_manual = jax.custom_vjp(conv_forward, nondiff_argnums=(3,))
-_conv_manual.defvjp(_conv_fwd, _conv_bwd)
+_conv_rule = jax.custom_vjp(_conv_planned, nondiff_argnums=(3, 4))
+_conv_rule.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _conv_manual(x, w, b, cfg):
+    """y = x ⋆ w + b with the hand-derived rule, under the formulations chosen for this shape."""
+    return _conv_rule(x, w, b, cfg, _choice.plan(x.shape, w.shape, cfg, x.dtype))
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,9 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxconv import _checks
-from jaxconv._checks import ConvConfig, PoolConfig
-from jaxconv.ops import _algorithms
+from jaxconv import _checks, _geometry
+from jaxconv._geometry import ConvConfig, PoolConfig
 from jaxconv.ops._twins import twins
 from jaxconv.ops.conv import conv_dx
 
@@ -79,7 +78,7 @@ def max_pool_argmax(x, y, cfg: PoolConfig):
 
     An integer array shaped like y (int8 for windows of fewer than 128 positions); a window
     without a hit (y = NaN) gets |W|, which matches no offset and so receives no gradient.
-    The window views are the convolution's ``view_k`` (:mod:`jaxconv.ops._algorithms`), with
+    The window views are the convolution's ``view_k`` (:mod:`jaxconv._geometry`), with
     the kernel offsets k replaced by window offsets.
     """
     window = _as_conv(cfg, groups=1)
@@ -90,8 +89,8 @@ def max_pool_argmax(x, y, cfg: PoolConfig):
                                         (0, 0, 0)]
     )
     first = jnp.full(y.shape, size, dtype)
-    for index, offset in reversed(list(enumerate(_algorithms.offsets(cfg.window)))):
-        hit = _algorithms.view(x_pad, offset, y.shape[1:-1], window) == y
+    for index, offset in reversed(list(enumerate(_geometry.offsets(cfg.window)))):
+        hit = _geometry.view(x_pad, offset, y.shape[1:-1], window) == y
         first = jnp.where(hit, np.array(index, dtype), first)
     return first
 
@@ -104,15 +103,15 @@ def max_pool_dx(first, dy, cfg: PoolConfig):
     convolution's ``scatter_k``), and overlapping windows add up.
     """
     window = _as_conv(cfg, groups=1)
-    padded = _algorithms.padded_size(cfg.in_size, cfg.padding)
+    padded = _geometry.padded_size(cfg.in_size, cfg.padding)
     if cfg.stride == cfg.window:
-        return _algorithms.crop(_tiled_dx(first, dy, cfg, padded), cfg.in_size, window)
+        return _geometry.crop(_tiled_dx(first, dy, cfg, padded), cfg.in_size, cfg.padding)
     zero = jnp.zeros_like(dy)
     dx_pad = None
-    for index, offset in enumerate(_algorithms.offsets(cfg.window)):
-        term = _algorithms.scatter(jnp.where(first == index, dy, zero), offset, padded, window)
+    for index, offset in enumerate(_geometry.offsets(cfg.window)):
+        term = _geometry.scatter(jnp.where(first == index, dy, zero), offset, padded, window)
         dx_pad = term if dx_pad is None else dx_pad + term
-    return _algorithms.crop(dx_pad, cfg.in_size, window)
+    return _geometry.crop(dx_pad, cfg.in_size, cfg.padding)
 
 
 def _tiled_dx(first, dy, cfg: PoolConfig, padded):

@@ -1,0 +1,464 @@
+r"""Which formulation computes the convolution's forward, dX and dW: the policy and the choice.
+
+Every formulation of a role (the reference ``"xla"`` of :mod:`jaxconv.ops.conv`, and the faster
+equivalents of :mod:`jaxconv.ops._formulations`) computes the same linear map, so the choice
+changes the program's speed, never its values (beyond float rounding). It is made at trace time,
+from static shapes, per role:
+
+- ``"forward"`` is shared by ``jaxconv.conv`` and ``jaxconv.autodiff.conv`` (one forward, two
+  differentiation modes): both run the same forward program;
+- ``"dx"`` and ``"dw"`` exist only for the manual rule; autodiff has no rule to choose, it
+  transposes the forward program.
+
+Policy (:func:`set_policy`, the context manager :func:`policy`, or ``$JAXCONV_CONV_POLICY``):
+
+- ``"xla"``: always XLA's convolution, the reference: the reproducible off switch.
+- ``"auto"`` (default): :func:`heuristic`, a pure function of the problem (shapes, configuration,
+  dtype) and the backend: XLA's convolution except where the tuning set measured a clear win.
+  On any backend but CPU it is ``"xla"``. It never reads the measurement cache, so the same code
+  compiles to the same program on every machine.
+- ``"measure"`` (opt-in): the first time a problem is seen on a backend, the layer's
+  forward+backward (jit of vjp: forward, dX and dW as they compose in one program) is compiled
+  and timed under candidate formulations (:func:`measure`), and the fastest is kept, in memory
+  and in ``conv_algorithms.json`` of the cache folder (``$JAXCONV_CACHE_DIR``, else
+  ``$XDG_CACHE_HOME/jaxconv``, else ``~/.cache/jaxconv``), written atomically. A missing,
+  unreadable, corrupt or stale cache is ignored and rewritten.
+
+:func:`use` forces formulations by name, whatever the policy.
+
+The choice is part of the program. A ``with policy(...)`` or ``with use(...)`` block fixes a
+snapshot, :func:`key` (the policy and the forced names), in a ``contextvars`` variable: it
+affects only its own thread or task, and a new thread sees :func:`set_policy`'s global setting.
+The same snapshot (or, outside blocks, the global setting) is a ``jax.make_user_context`` value,
+which ``jax.jit`` adds to its cache keys: a function jitted under one choice is traced again,
+not silently reused, under another. Caches of compiled programs kept outside ``jax.jit`` (as
+``jaxconv.train`` keeps) add :func:`key` to their keys. Within one trace, the manual op chooses
+its three formulations when its forward is traced and hands them to its rule as a static
+argument, so the backward computes what was chosen with the forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxconv._geometry import ConvConfig, effective, out_spatial, padded_size
+from jaxconv._io import atomic_open, cache_dir
+from jaxconv.ops import _formulations
+
+POLICIES = ("xla", "auto", "measure")
+ROLES = ("forward", "dx", "dw")
+#: The formulations of each role, the reference ``"xla"`` first.
+NAMES: dict[str, tuple[str, ...]] = {
+    role: ("xla", *_formulations.TABLES[role]) for role in ROLES
+}
+CACHE_VERSION = 2
+_ENV_POLICY = "JAXCONV_CONV_POLICY"
+
+
+# --------------------------------------------------------------------------------------------
+# Policy, forced formulations, and the key they make.
+# --------------------------------------------------------------------------------------------
+
+
+class Key(NamedTuple):
+    """A hashable snapshot of what decides the choice: the policy in force and the forced
+    formulations as sorted ``(role, name)`` pairs."""
+
+    policy: str
+    forced: tuple[tuple[str, str], ...]
+
+
+_lock = threading.Lock()
+_global: dict[str, str | None] = {"policy": None}  # set_policy's; read and written under _lock
+# Inside a policy() or use() block: the Key in force, fixed when the block was entered.
+_block: contextvars.ContextVar[Key | None] = contextvars.ContextVar("jaxconv_conv_choice",
+                                                                    default=None)
+_jit_context = jax.make_user_context(None)
+
+
+def _check_policy(name) -> None:
+    if name is not None and name not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES} or None, got {name!r}")
+
+
+def _global_policy() -> str:
+    with _lock:
+        name = _global["policy"]
+    if name is not None:
+        return name
+    env = os.environ.get(_ENV_POLICY, "").strip().lower()
+    if env and env not in POLICIES:
+        raise ValueError(f"${_ENV_POLICY} must be one of {POLICIES}, got {env!r}")
+    return env or "auto"
+
+
+def key() -> Key:
+    """The snapshot of the policy and forced formulations in force: add it to the key of any
+    cache of traced or compiled programs (``jax.jit``'s own caches already include it)."""
+    block = _block.get()
+    return block if block is not None else Key(_global_policy(), ())
+
+
+def get_policy() -> str:
+    """The policy in force: the innermost :func:`policy` block's, else :func:`set_policy`'s,
+    else ``$JAXCONV_CONV_POLICY``, else ``"auto"``."""
+    return key().policy
+
+
+def set_policy(name: str | None) -> None:
+    """Set the global policy: ``"xla"``, ``"auto"`` or ``"measure"`` (``None``: back to
+    ``$JAXCONV_CONV_POLICY`` or ``"auto"``). Applies to every thread, outside :func:`policy` and
+    :func:`use` blocks (which keep what was in force when they were entered); ``jax.jit``
+    re-traces functions called afterwards."""
+    _check_policy(name)
+    with _lock:
+        _global["policy"] = name
+        _jit_context.set_global(("global", name, os.environ.get(_ENV_POLICY)))
+
+
+@contextlib.contextmanager
+def _entered(snapshot: Key):
+    token = _block.set(snapshot)
+    try:
+        with _jit_context(snapshot):
+            yield
+    finally:
+        _block.reset(token)
+
+
+@contextlib.contextmanager
+def policy(name: str | None):
+    """``with jaxconv.policy("xla"): ...``: trace the enclosed code under that policy (``None``:
+    the global one). Affects only the current thread or task; forced formulations of an
+    enclosing :func:`use` block stay forced."""
+    _check_policy(name)
+    outer = key()
+    with _entered(Key(name or _global_policy(), outer.forced)):
+        yield
+
+
+@contextlib.contextmanager
+def use(forward: str | None = None, dx: str | None = None, dw: str | None = None):
+    """Force formulations by name for code traced inside the block, whatever the policy, e.g.
+    ``with jaxconv.use(forward="shifted", dw="im2col"): ...``; a role left ``None`` keeps what an
+    enclosing block forced, else follows the policy. A formulation over its memory cap is still
+    honoured: forcing is explicit. Affects only the current thread or task."""
+    outer = key()
+    forced = dict(outer.forced)
+    for role, name in (("forward", forward), ("dx", dx), ("dw", dw)):
+        if name is not None:
+            if name not in NAMES[role]:
+                raise ValueError(f"{role} must be one of {NAMES[role]} or None, got {name!r}")
+            forced[role] = name
+    with _entered(Key(outer.policy, tuple(sorted(forced.items())))):
+        yield
+
+
+# --------------------------------------------------------------------------------------------
+# The problem a choice is made for, and eligibility.
+# --------------------------------------------------------------------------------------------
+
+
+def problem(x_shape, w_shape, cfg: ConvConfig, dtype) -> dict:
+    """A JSON-able description of one convolution (the choice's input)."""
+    return {
+        "x": list(x_shape), "w": list(w_shape), "stride": list(cfg.stride),
+        "padding": [list(p) for p in cfg.padding], "dilation": list(cfg.dilation),
+        "groups": cfg.groups, "dtype": jnp.dtype(dtype).name,
+    }
+
+
+def _cols_bytes(x_shape, w_shape, cfg: ConvConfig, dtype) -> int:
+    out = out_spatial(x_shape[1:-1], w_shape[:-2], cfg)
+    n_k = math.prod(w_shape[:-2])
+    return x_shape[0] * math.prod(out) * n_k * x_shape[-1] * jnp.dtype(dtype).itemsize
+
+
+def _banded_bytes(x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[int, int]:
+    """(the banded matrix T, the row views): |K_lead|·W_pad·C_in·O_w·C_out and
+    N·|O_lead|·|K_lead|·W_pad·C_in elements, in bytes."""
+    out = out_spatial(x_shape[1:-1], w_shape[:-2], cfg)
+    width = padded_size(x_shape[1:-1], cfg.padding)[-1]
+    row = width * x_shape[-1] * math.prod(w_shape[:-3])
+    size = jnp.dtype(dtype).itemsize
+    return row * out[-1] * w_shape[-1] * size, x_shape[0] * math.prod(out[:-1]) * row * size
+
+
+# A |K|-times larger patch buffer is allowed up to this size (bytes); above it, im2col/col2im
+# are ineligible and ``shifted`` (no buffer larger than x or y) takes their place. This bounds the
+# extra memory the rules may cost over autodiff, which keeps only x, w and XLA's own workspace.
+# The banded row views obey the same cap.
+IM2COL_MAX_BYTES = 256 * 2**20
+# The banded matrix T grows with the row length squared (W_pad·O_w): beyond this size its zeros
+# cost more than any convolution algorithm, so ``banded`` is ineligible.
+BANDED_MAX_BYTES = 16 * 2**20
+
+
+def eligible(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[str, ...]:
+    """The formulations of ``role`` that may be chosen for this problem.
+
+    Every formulation but ``winograd`` (2-D 3×3, stride 1, no dilation or groups) handles
+    stride, padding, dilation and groups; the other restrictions are memory: the im2col/col2im
+    buffer and the banded row views must stay under
+    ``IM2COL_MAX_BYTES``, the banded matrix under ``BANDED_MAX_BYTES``.
+    """
+    names = NAMES[role]
+    if _cols_bytes(x_shape, w_shape, cfg, dtype) > IM2COL_MAX_BYTES:
+        names = tuple(n for n in names if n not in ("im2col", "col2im"))
+    matrix, rows = _banded_bytes(x_shape, w_shape, cfg, dtype)
+    if matrix > BANDED_MAX_BYTES or rows > IM2COL_MAX_BYTES:
+        names = tuple(n for n in names if n != "banded")
+    if not _formulations.winograd_suits(w_shape, cfg):
+        names = tuple(n for n in names if n != "winograd")
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# The heuristic (policy "auto").
+# --------------------------------------------------------------------------------------------
+
+
+def _banded_suits(x_shape, w_shape, cfg: ConvConfig, names) -> bool:
+    """Where the banded products beat XLA's convolution on CPU: 2-D and 3-D, no groups, at most
+    8 input channels (XLA's convolution runs at a few percent of the matmul rate there), and
+    rows short enough that T's zeros cost at most ~8× the useful work (W_pad ≤ 8·K_w,eff). In 1-D
+    there are no leading rows to share T between (the product's M is the batch alone)."""
+    nd, c_in = len(w_shape) - 2, x_shape[-1]
+    width = padded_size(x_shape[1:-1], cfg.padding)[-1]
+    return ("banded" in names and nd >= 2 and cfg.groups == 1 and c_in <= 8
+            and width <= 8 * effective(w_shape[-3], cfg.dilation[-1]))
+
+
+def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
+    """The choice of policy ``"auto"`` on CPU, without measuring: XLA's convolution except where
+    the tuning set showed a large, repeatable win.
+
+    XLA:CPU runs a convolution near the matmul rate when it is *plain*: enough channels, no
+    groups, no dilation of the input. Where it leaves that regime the rule is computed otherwise:
+
+    - groups (depthwise or grouped): ``shifted`` for all three roles. XLA:CPU's grouped
+      convolution runs far below the matmul rate (the README's depthwise layer: 5× slower than
+      the shifted products), and the grouped products become batched or elementwise ones;
+    - few input channels on short rows, 2-D or 3-D (:func:`_banded_suits`: LeNet's layers):
+      dx and dw ``banded`` (2–9× over XLA's); the forward ``shifted`` for one input channel,
+      ``banded`` in 3-D, else ``xla``;
+    - a strided 1-D layer (the MNIST-1D layers): XLA's dx dilates dy by the stride
+      (``lhs_dilation``) and multiplies all the inserted zeros, its dw contracts the batch
+      against a dilated dy; dx ``col2im`` (one product, then scatters) and dw ``im2col`` (one
+      product), ``shifted`` for either above the memory cap. From 2-D on the same col2im lost on
+      the tune set where the kernel is large and the channels few (ResNet's and AlexNet's stems:
+      0.4–0.8×) and only broke even on ResNet's stride-2 3×3, so XLA keeps it; XLA's 2-D dw held
+      its own too (ResNet's 3×3, stride 1 and 2);
+    - everything else, and every forward not listed: ``xla``.
+
+    Fitted on the tune set of ``experiments/bench_layers.py`` (``jaxconv.bench.LAYERS`` and
+    ``TUNE_EXTRA``, 2-core CPU, float32; ``--calibrate`` records the forward+backward timings of
+    every candidate); reported on the held-out set ``HELDOUT`` as well.
+    """
+    names = eligible(role, x_shape, w_shape, cfg, dtype)
+    c_in_g, nd = w_shape[-2], len(w_shape) - 2
+    strided = any(s > 1 for s in cfg.stride)
+    if cfg.groups > 1:
+        return "shifted"
+    if _banded_suits(x_shape, w_shape, cfg, names):
+        if role != "forward":
+            return "banded"
+        return "shifted" if c_in_g == 1 else ("banded" if nd == 3 else "xla")
+    if strided and nd == 1 and role != "forward":
+        cols = "col2im" if role == "dx" else "im2col"
+        return cols if cols in names else "shifted"
+    return "xla"
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement and its on-disk cache (policy "measure").
+# --------------------------------------------------------------------------------------------
+
+_memory: dict[str, dict[str, str]] = {}  # cache key -> {role: name}; read and written under _lock
+_loaded: list[dict] = []  # the disk cache, read once (under _lock)
+
+
+def cache_path() -> Path:
+    """``conv_algorithms.json`` in jaxconv's cache folder (:func:`jaxconv._io.cache_dir`:
+    ``$JAXCONV_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxconv``, else ``~/.cache/jaxconv``)."""
+    return cache_dir() / "conv_algorithms.json"
+
+
+def _cache_key(prob: dict, backend: str) -> str:
+    return json.dumps({"backend": backend, **prob}, sort_keys=True)
+
+
+def _valid_entry(entry) -> bool:
+    return (isinstance(entry, dict) and set(entry) == set(ROLES)
+            and all(entry[role] in NAMES[role] for role in ROLES))
+
+
+def load_cache() -> dict[str, dict[str, str]]:
+    """The cached choices ``{key: {role: name}}``; ``{}`` when the file is missing, unreadable,
+    corrupt or stale; entries that do not name a formulation of every role are dropped."""
+    try:
+        data = json.loads(cache_path().read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+        return {}
+    entries = data.get("choices")
+    if not isinstance(entries, dict):
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(k, str) and _valid_entry(v)}
+
+
+def _save_cache(entries: dict) -> None:
+    """Write the cache atomically; a cache that cannot be written is silently skipped: it is an
+    optimisation, never a requirement."""
+    with contextlib.suppress(OSError), atomic_open(cache_path()) as f:
+        json.dump({"version": CACHE_VERSION, "choices": entries}, f, indent=0, sort_keys=True)
+
+
+def clear_memory() -> None:
+    """Forget the measured choices held in memory (the disk cache is re-read on next use)."""
+    with _lock:
+        _memory.clear()
+        _loaded.clear()
+
+
+def _runner(x_shape, w_shape, cfg: ConvConfig, dtype, names: tuple[str, str, str]):
+    """The layer's forward+backward (jit of vjp of ``jaxconv.conv``, with bias) compiled under the
+    formulations ``names`` (forward, dx, dw), on fixed random inputs: a no-argument callable."""
+    import jaxconv  # the public op; imported here because jaxconv.ops.conv imports this module
+
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(k1, x_shape, dtype)
+    w = jax.random.normal(k2, w_shape, dtype)
+    b = jnp.zeros(w_shape[-1:], dtype)
+    dy = jax.random.normal(k3, (x_shape[0], *out_spatial(x_shape[1:-1], w_shape[:-2], cfg),
+                                w_shape[-1]), dtype)
+    kw = dict(stride=cfg.stride, padding=cfg.padding, dilation=cfg.dilation, groups=cfg.groups)
+
+    def forward_backward(x, w, b, dy):
+        _, vjp = jax.vjp(lambda x, w, b: jaxconv.conv(x, w, b, **kw), x, w, b)
+        return vjp(dy)
+
+    with use(*names):
+        compiled = jax.jit(forward_backward).lower(x, w, b, dy).compile()
+    return lambda: jax.block_until_ready(compiled(x, w, b, dy))
+
+
+def _time(runners: dict, repeats: int) -> dict:
+    """Minimum seconds per call of each runner: one warm-up call each, then ``repeats``
+    round-robin rounds (the minimum is the statistic least disturbed by other load)."""
+    for run in runners.values():
+        run()
+    best = {name: math.inf for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+#: A candidate replaces the incumbent only when it is at least this much faster (a timing
+#: difference smaller than that is noise on a shared machine, and XLA's convolution is the
+#: safer default).
+MARGIN = 0.95
+
+
+def measure(x_shape, w_shape, cfg: ConvConfig, dtype, repeats: int = 5) -> dict:
+    """Choose the formulations of one layer by timing its forward+backward as it composes.
+
+    Starting from XLA's convolution for all three roles, each role in turn (dw, dx, forward)
+    tries every eligible formulation with the other two fixed at the best so far, timed against
+    the incumbent in the same round-robin (:func:`_time`); a candidate wins only when at least
+    ``1 − MARGIN`` faster. At most 1 + 3·3 programs are compiled.
+
+    Returns:
+      ``{"choice": {role: name}, "seconds": {role: {"forward/dx/dw": min seconds, ...}}}``: the
+      timings of each role's round, the incumbent among them.
+    """
+    x_shape, w_shape = tuple(x_shape), tuple(w_shape)
+    best = ("xla", "xla", "xla")
+    seconds: dict[str, dict[str, float]] = {}
+    runners = {best: _runner(x_shape, w_shape, cfg, dtype, best)}
+    for role in ("dw", "dx", "forward"):
+        i = ROLES.index(role)
+        candidates = {best: runners[best]}
+        for name in eligible(role, x_shape, w_shape, cfg, dtype):
+            names = (*best[:i], name, *best[i + 1:])
+            if names not in candidates:
+                candidates[names] = runners.setdefault(
+                    names, _runner(x_shape, w_shape, cfg, dtype, names))
+        if len(candidates) == 1:
+            continue
+        times = _time(candidates, repeats)
+        seconds[role] = {"/".join(n): t for n, t in times.items()}
+        fastest = min(times, key=times.get)
+        if times[fastest] < MARGIN * times[best]:
+            best = fastest
+    return {"choice": dict(zip(ROLES, best, strict=True)), "seconds": seconds}
+
+
+def measured(x_shape, w_shape, cfg: ConvConfig, dtype) -> dict[str, str]:
+    """The measured choice ``{role: name}`` of this problem on the default backend: from memory,
+    else from the disk cache, else :func:`measure` (then remembered and written to disk)."""
+    key = _cache_key(problem(x_shape, w_shape, cfg, dtype), jax.default_backend())
+    with _lock:
+        if not _loaded:
+            _loaded.append(load_cache())
+        choice = _memory.get(key) or _loaded[0].get(key)
+    if choice is not None:
+        return choice
+    # Measuring runs concrete computations while the caller is being traced; that is allowed,
+    # and ensure_compile_time_eval keeps them out of the caller's trace.
+    with jax.ensure_compile_time_eval():
+        choice = measure(x_shape, w_shape, cfg, dtype)["choice"]
+    with _lock:
+        _memory[key] = choice
+        entries = load_cache()  # merge with what other processes wrote meanwhile
+        entries.update(_memory)
+        _save_cache(entries)
+        _loaded[:] = [entries]
+    return choice
+
+
+# --------------------------------------------------------------------------------------------
+# The choice.
+# --------------------------------------------------------------------------------------------
+
+
+def choose(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
+    """The formulation of ``role`` ("forward", "dx" or "dw") for this problem: the one forced
+    by :func:`use`, else the policy's."""
+    mode, forced = key()
+    if role in dict(forced):
+        name = dict(forced)[role]
+        if name == "winograd" and not _formulations.winograd_suits(w_shape, cfg):
+            raise ValueError(
+                f"forward='winograd' computes only 2-D 3x3 convolutions with stride 1, no "
+                f"dilation and no groups; got kernel {tuple(w_shape[:-2])}, stride {cfg.stride}, "
+                f"dilation {cfg.dilation}, groups {cfg.groups}")
+        return name
+    if mode == "xla":
+        return "xla"
+    if mode == "measure":
+        return measured(x_shape, w_shape, cfg, dtype)[role]
+    if jax.default_backend() != "cpu":
+        return "xla"
+    return heuristic(role, x_shape, w_shape, cfg, dtype)
+
+
+def plan(x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[str, str, str]:
+    """The formulations of the forward, dx and dw for this problem (:func:`choose` per role)."""
+    return tuple(choose(role, x_shape, w_shape, cfg, dtype) for role in ROLES)
+
