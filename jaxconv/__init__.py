@@ -9,6 +9,7 @@ JAX-derived gradients live in :mod:`jaxconv.autodiff`.
 from jaxconv import autodiff
 from jaxconv.ops.activations import leaky_relu, relu, sigmoid, softplus, tanh
 from jaxconv.ops.conv import conv, conv1d, conv2d, conv3d
+from jaxconv.ops.conv_transpose import conv_transpose
 from jaxconv.ops.dense import dense
 from jaxconv.ops.losses import mse, softmax_cross_entropy
 from jaxconv.ops.pool import avg_pool, max_pool
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 OPS = (
     "conv", "conv1d", "conv2d", "conv3d", "dense", "relu", "leaky_relu", "sigmoid", "tanh",
     "softplus", "max_pool", "avg_pool", "softmax_cross_entropy", "mse",
+    "conv_transpose",
 )
 
 
@@ -45,7 +47,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "__version__", "autodiff", "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "dense",
-    "leaky_relu", "max_pool", "mse", "ops", "relu", "sigmoid", "softmax_cross_entropy", "softplus",
-    "tanh",
+    "__version__", "autodiff", "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "conv_transpose",
+    "dense", "leaky_relu", "max_pool", "mse", "ops", "relu", "sigmoid", "softmax_cross_entropy",
+    "softplus", "tanh",
 ]
