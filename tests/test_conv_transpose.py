@@ -241,6 +241,17 @@ def test_forward_equals_lax(case, seed):
                           "conv_transpose vs lax")
 
 
+@functools.partial(jax.jit, static_argnames=("case", "seed"))
+def _transpose_then_conv(case: TCase, x, w, seed):
+    """y = conv_transpose(x, w) and conv(dy, w) for dy = normal(seed + 5) (channels-first)."""
+    y = jaxconv.conv_transpose(x, w, **dict(case.static[:-1]), layout="channels_first")
+    dy = jnp.asarray(S.normal(seed + 5, y.shape))
+    back = jaxconv.conv(dy, w, stride=case.stride, padding=case.pads, dilation=case.dilation,
+                        groups=case.groups, layout="channels_first")
+    return y, back
+
+
+@settings(max_examples=max(settings().max_examples // 4, 10))
 @given(case=transpose_cases(), seed=S.seeds)
 def test_adjoint_of_conv(case, seed):
     """⟨dy, conv_transpose(x, w)⟩ = ⟨conv(dy, w), x⟩, with jaxconv.conv given the same stride,
@@ -248,10 +259,8 @@ def test_adjoint_of_conv(case, seed):
     ⌊output_padding / stride⌋ more positions than x: x is extended by zeros (positions whose
     outputs the transposed convolution never used)."""
     x, w = case.first_arrays(seed, np.float64)[:2]
-    y = jaxconv.conv_transpose(x, w, **dict(case.static[:-1]), layout="channels_first")
+    y, back = _transpose_then_conv(case, x, w, seed)
     dy = S.normal(seed + 5, y.shape)
-    back = jaxconv.conv(dy, w, stride=case.stride, padding=case.pads, dilation=case.dilation,
-                        groups=case.groups, layout="channels_first")
     extra = [b - i for b, i in zip(back.shape[2:], x.shape[2:], strict=True)]
     assert extra == [p // s for p, s in zip(case.per_dim("output_padding"),
                                              case.per_dim("stride"), strict=True)]
@@ -363,6 +372,24 @@ def test_gradient_of_gradient_equals_autodiff():
 
     S.assert_trees_close(jax.jit(lambda: hvp(jaxconv.conv_transpose))(),
                          jax.jit(lambda: hvp(jaxconv.autodiff.conv_transpose))(), 1e-10, "hvp")
+
+
+def test_lecture_example():
+    """The lecture's 1-D example read backwards (the module docstring): y = (w₁x₁, w₂x₁ + w₁x₂,
+    w₂x₂ + w₁x₃, w₂x₃); dx = conv(dy, w), dw = dy ⋆ x, db = Σ dy, line by line."""
+    x1, x2, x3 = 1.5, -2.0, 0.25
+    w1, w2, b = 3.0, -0.5, 0.125
+    dy1, dy2, dy3, dy4 = 0.5, 2.0, -1.0, 4.0
+    x, w = np.array([[[x1], [x2], [x3]]]), np.array([[[w1]], [[w2]]])  # (N, I, C), (K, 1, 1)
+    y, pullback = jax.vjp(jaxconv.conv_transpose, x, w, np.array([b]))
+    np.testing.assert_allclose(
+        y.ravel(), [w1 * x1 + b, w2 * x1 + w1 * x2 + b, w2 * x2 + w1 * x3 + b, w2 * x3 + b])
+    dx, dw, db = pullback(np.array([dy1, dy2, dy3, dy4]).reshape(1, 4, 1))
+    np.testing.assert_allclose(dx.ravel(), [w1 * dy1 + w2 * dy2, w1 * dy2 + w2 * dy3,
+                                            w1 * dy3 + w2 * dy4])
+    np.testing.assert_allclose(dw.ravel(), [dy1 * x1 + dy2 * x2 + dy3 * x3,
+                                            dy2 * x1 + dy3 * x2 + dy4 * x3])
+    np.testing.assert_allclose(db, [dy1 + dy2 + dy3 + dy4])
 
 
 def test_jit_and_vmap():

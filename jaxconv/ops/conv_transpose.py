@@ -1,37 +1,43 @@
 r"""The transposed convolution: the convolution's dX rule, used as a layer.
 
 Write C_w for the convolution ``x ↦ conv(x, w)`` of :mod:`jaxconv.ops.conv` (stride s, kernel
-dilation d, padding (lo, hi), groups). It is linear in x, and its dX rule computes the adjoint:
-``conv_dx(dy, w) = C_wᵀ dy``. The transposed convolution is that adjoint applied to a new input,
+dilation d, padding (lo, hi), groups). It is linear in x, and its dX rule computes its adjoint,
+``conv_dx(dy, w) = C_wᵀ dy``. The transposed convolution applies that adjoint to a new input:
 
-    y = T_w(x) = C_wᵀ x                  (forward = the lecture's dX rule)
+    y = T_w(x) = C_wᵀ x + b              (forward = the lecture's dX rule)
 
-per spatial dimension: x dilated by the stride (s − 1 zeros between entries), correlated *fully*
-with rot180 w, then ``lo`` positions cropped from the start (and ``hi`` from the end):
+Per spatial dimension, x is dilated by the stride (s − 1 zeros between entries), correlated
+*fully* with rot180 w, and the padding is cropped off:
 
     y[i·s + k·d − lo] += x[i] · w[k]     (PyTorch's definition, channels aside)
 
+In the lecture's 1-D example (K = 2, s = d = 1, no padding) the dX rule of the convolution
+of four inputs, read as a layer on a 3-vector x, is
+
+    y₁ = w₁x₁,  y₂ = w₂x₁ + w₁x₂,  y₃ = w₂x₂ + w₁x₃,  y₄ = w₂x₃.
+
 The output has ``(I − 1)·s + d·(K − 1) + 1 − lo − hi + output_padding`` positions: several input
-sizes of C_w give the same output size, and ``output_padding`` (< max(s, d)) says which one is
-meant. Positions that no ``i·s + k·d − lo`` reaches are zero (plus the bias).
+sizes of C_w give the same output size, and ``output_padding`` (< max(s, d)) says which is meant.
+Positions that no ``i·s + k·d − lo`` reaches are zero (plus the bias): where ``output_padding``
+exceeds ``hi`` they are appended, ``T_w = E·C_wᵀ`` with E appending zeros, for the convolution
+C_w whose input has the leading, reached, part of the output's size (see
+:class:`jaxconv._checks.ConvTransposeConfig`).
 
-The rules. For the upstream gradient dy and any x, by the definition of the adjoint,
+The rules. Let dy = ∂L/∂y. By the definition of the adjoint (Eᵀ crops dy to the reached part),
 
-    ⟨dy, T_w(x)⟩ = ⟨dy, C_wᵀ x⟩ = ⟨C_w dy, x⟩ = ⟨conv(dy, w), x⟩.
+    L = ⟨dy, T_w(x)⟩ = ⟨Eᵀdy, C_wᵀ x⟩ = ⟨C_w Eᵀdy, x⟩ = ⟨conv(Eᵀdy, w), x⟩   (bias aside).
 
-Both sides are the same scalar L, a function of x and w.
-
-- dx = ∂L/∂x: the right-hand side is linear in x with coefficient conv(dy, w), so
+- dx = ∂L/∂x: the right-hand side is linear in x with coefficient conv(Eᵀdy, w), so
   ``dx = conv(dy, w)``: the convolution's *forward*, on dy.
-- dw = ∂L/∂w: the right-hand side is ⟨conv(u, w), v⟩ with u = dy as the convolution's input and
-  v = x in the place of its upstream gradient. Its gradient in w is by definition the
-  convolution's dW rule for input u and upstream gradient v, ``dw = u ⋆ v``: so
-  ``dw = conv_dw(dy, x)``, the dW rule with the roles of input and upstream gradient swapped.
-- db = Σ dy (the bias is added at every output position).
+- dw = ∂L/∂w: the right-hand side is ⟨conv(u, w), v⟩ with u = Eᵀdy in the place of the
+  convolution's input and v = x in the place of its upstream gradient. Its gradient in w is by
+  definition the convolution's dW rule for that input and upstream gradient, ``u ⋆ v``: so
+  ``dw = dy ⋆ x = conv_dw(dy, x)``, the dW rule with the roles of input and upstream gradient
+  swapped.
+- db = Σ dy over the batch and every output position (appended ones included).
 
-Output positions beyond the kernel's reach (``output_padding`` larger than ``hi``) are zeros
-appended to C_wᵀ x; their adjoint crops them off dy before the two rules (they carry no
-gradient to x or w; they do to b).
+In the 1-D example: dx₁ = w₁dy₁ + w₂dy₂, dx₂ = w₁dy₂ + w₂dy₃, dx₃ = w₁dy₃ + w₂dy₄ (the
+convolution of dy with w), dw₁ = dy₁x₁ + dy₂x₂ + dy₃x₃, dw₂ = dy₂x₁ + dy₃x₂ + dy₄x₃ (dy ⋆ x).
 
 Every product is one of :mod:`jaxconv.ops.conv`'s: the forward is ``conv_dx``, the rules are
 ``conv_forward`` and ``conv_dw``, so each of their formulations (one XLA convolution, shifted
