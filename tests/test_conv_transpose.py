@@ -243,29 +243,33 @@ def test_forward_equals_lax(case, seed):
 
 @functools.partial(jax.jit, static_argnames=("case", "seed"))
 def _transpose_then_conv(case: TCase, x, w, seed):
-    """y = conv_transpose(x, w) and conv(dy, w) for dy = normal(seed + 5) (channels-first)."""
-    y = jaxconv.conv_transpose(x, w, **dict(case.static[:-1]), layout="channels_first")
+    """y = conv_transpose(x, w) and conv(dy, w) for dy = normal(seed + 5), both in the case's
+    layout, and jaxconv.conv given the very same w."""
+    y = jaxconv.conv_transpose(x, w, **dict(case.static))
     dy = jnp.asarray(S.normal(seed + 5, y.shape))
     back = jaxconv.conv(dy, w, stride=case.stride, padding=case.pads, dilation=case.dilation,
-                        groups=case.groups, layout="channels_first")
-    return y, back
+                        groups=case.groups, layout=case.layout)
+    return y, dy, back
 
 
 @settings(max_examples=max(settings().max_examples // 4, 10))
 @given(case=transpose_cases(), seed=S.seeds)
 def test_adjoint_of_conv(case, seed):
-    """⟨dy, conv_transpose(x, w)⟩ = ⟨conv(dy, w), x⟩, with jaxconv.conv given the same stride,
-    padding, dilation and groups. Where output_padding reaches past the stride, conv(dy) has
-    ⌊output_padding / stride⌋ more positions than x: x is extended by zeros (positions whose
-    outputs the transposed convolution never used)."""
-    x, w = case.first_arrays(seed, np.float64)[:2]
-    y, back = _transpose_then_conv(case, x, w, seed)
-    dy = S.normal(seed + 5, y.shape)
-    extra = [b - i for b, i in zip(back.shape[2:], x.shape[2:], strict=True)]
+    """⟨dy, conv_transpose(x, w)⟩ = ⟨conv(dy, w), x⟩ in both layouts, with jaxconv.conv given the
+    same w, stride, padding, dilation and groups (w is the kernel of the convolution being
+    transposed). Where output_padding reaches past the stride, conv(dy) has
+    ⌊output_padding / stride⌋ more positions than x: x is extended by zeros (outputs of the
+    convolution that the transposed one never reads)."""
+    x, w = case.arrays(seed, np.float64)[:2]
+    y, dy, back = (np.asarray(a) for a in _transpose_then_conv(case, x, w, seed))
+    spatial = slice(2, None) if case.layout == "channels_first" else slice(1, -1)
+    extra = [b - i for b, i in zip(back.shape[spatial], x.shape[spatial], strict=True)]
     assert extra == [p // s for p, s in zip(case.per_dim("output_padding"),
                                              case.per_dim("stride"), strict=True)]
-    x_ext = np.pad(x, [(0, 0), (0, 0), *((0, e) for e in extra)])
-    lhs, rhs = float(jnp.vdot(dy, y)), float(jnp.vdot(back, x_ext))
+    pad = [(0, e) for e in extra]
+    x_ext = np.pad(x, [(0, 0), (0, 0), *pad] if case.layout == "channels_first"
+                   else [(0, 0), *pad, (0, 0)])
+    lhs, rhs = float(np.vdot(dy, y)), float(np.vdot(back, x_ext))
     scale = float(np.abs(dy).ravel() @ np.abs(y).ravel()
                   + np.abs(back).ravel() @ np.abs(x_ext).ravel())
     assert abs(lhs - rhs) <= 1e-12 * max(scale, 1e-300), (lhs, rhs)
@@ -354,6 +358,18 @@ def test_finite_differences_second_order(x_shape, w_shape, kwargs, layout):
     args = to_layout(args, layout)
     f = jax.jit(lambda *a: jaxconv.conv_transpose(*a, layout=layout, **kwargs))
     check_grads(f, args, order=2, modes=["rev"])
+
+
+@pytest.mark.parametrize("dtype", S.ALL_FLOATS, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", FD_CASES[:3])
+def test_dtypes(dtype, x_shape, w_shape, kwargs):
+    """bfloat16, float16, float32, float64: output and gradients keep the dtype and agree with
+    the twin run in float64 on the same values (to a few units of the dtype's rounding)."""
+    groups = kwargs.get("groups", 1)
+    shapes = (x_shape, w_shape, (w_shape[1] * groups,))
+    args = tuple(jnp.asarray(S.normal(i, s), dtype) for i, s in enumerate(shapes))
+    static = (*kwargs.items(), ("layout", "channels_first"))
+    S.check_dtype_against_float64("conv_transpose", static, args, seed=7)
 
 
 def test_gradient_of_gradient_equals_autodiff():
