@@ -615,9 +615,9 @@ def test_issue_case_under_the_xla_policy():
 
 
 def _ct(x_shape, w_shape, b_shape=None, **kwargs):
-    return lambda: jaxconv.conv_transpose(
-        np.ones(x_shape), np.ones(w_shape), None if b_shape is None else np.ones(b_shape), **kwargs
-    )
+    """(a call of conv_transpose on (x, w[, b]), those arrays)."""
+    args = (np.ones(x_shape), np.ones(w_shape)) + (() if b_shape is None else (np.ones(b_shape),))
+    return (lambda *a: jaxconv.conv_transpose(*a, **kwargs)), args
 
 
 ERROR_CASES = {
@@ -668,15 +668,20 @@ ERROR_CASES = {
     "stride zero": (
         _ct((1, 5, 2), (3, 4, 2), stride=0), ValueError, r"stride must be positive"),
     "integer x": (
-        lambda: jaxconv.conv_transpose(np.ones((1, 5, 2), int), np.ones((3, 4, 2))), TypeError,
-        r"x must have a floating dtype"),
+        (lambda x, w: jaxconv.conv_transpose(x.astype(int), w), (np.ones((1, 5, 2)),
+                                                                 np.ones((3, 4, 2)))),
+        TypeError, r"x must have a floating dtype"),
 }
 
 
+@pytest.mark.parametrize("transform", ["eager", "jit", "grad"])
 @pytest.mark.parametrize("name", list(ERROR_CASES))
-def test_bad_input_is_one_line_naming_the_argument(name):
-    fn, error, match = ERROR_CASES[name]
+def test_bad_input_is_one_line_naming_the_argument(name, transform):
+    """Raised by jaxconv's own checks, as one line, eagerly, under jit and under grad."""
+    (fn, args), error, match = ERROR_CASES[name]
+    call = {"eager": fn, "jit": jax.jit(fn),
+            "grad": jax.grad(lambda x, *rest: jnp.sum(fn(x, *rest)))}[transform]
     with pytest.raises(error, match=match) as info:
-        fn()
+        call(*args)
     assert "\n" not in str(info.value)
     assert info.traceback[-1].path.name == "_checks.py", info.traceback[-1].path
