@@ -1,14 +1,16 @@
 """jaxconv.conv_transpose: the forward against PyTorch's definition (a numpy loop), against lax's
 lhs-dilated convolution and as the adjoint of jaxconv.conv; its rules (dx = conv(dy, w),
-dw = dy ⋆ x, db = Σ dy) against JAX's derivative of the same forward and against finite
-differences; jit, vmap, grad-of-grad; the input that makes jaxlib 0.10.2 abort; bad input.
+dw = dy ⋆ x, db = Σ dy) against JAX's derivative of the same forward (under every formulation of
+the rules) and against finite differences; jit, vmap, grad-of-grad, dtypes; the input that makes
+jaxlib 0.10.2 abort; bad input.
 
 About that abort: on CPU, jaxlib 0.10.2's algebraic simplifier dies (a C++ CHECK failure that
 kills the process) on some convolutions with ``lhs_dilation``, the lax form of a transposed
-convolution. Every program here that contains such a convolution (the lax reference, and
-jaxconv under the ``"xla"`` policy, whose dX formulation is one) is therefore compiled with
-that pass disabled (``_NO_ALGSIMP``: same values, no abort), and the abort itself is exercised
-only in subprocesses.
+convolution, already in their forward. The lax reference is therefore compiled with that pass
+disabled (``_NO_ALGSIMP``: same values, no abort); the programs of jaxconv's own tests avoid the
+pattern (the default policy never computes the dX role, conv_transpose's forward, by an
+lhs-dilated convolution on CPU; the forced formulations below use col2im for it); and the
+abort itself is exercised only in subprocesses.
 """
 
 from __future__ import annotations
@@ -607,6 +609,30 @@ def test_issue_case_under_the_xla_policy():
                                    layout="channels_first").block_until_ready()
     """)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("policy", ["auto", "xla"])
+@settings(max_examples=max(settings().max_examples // 4, 10))
+@given(case=transpose_cases(), seed=S.seeds)
+def test_rules_never_dilate_the_input(policy, case, seed):
+    """The backward program (the pullback alone, traced, not compiled) has no convolution with
+    lhs_dilation, the pattern jaxlib 0.10.2 aborts on, under either policy: dx is a plain
+    strided convolution and dw a convolution that dilates its kernel, never its input."""
+    args = case.arrays(seed, np.float64)
+    def dilations(jaxpr):
+        return [eqn.params["lhs_dilation"] for eqn in S.equations(jaxpr)
+                if eqn.primitive.name == "conv_general_dilated"]
+
+    def f(*a):
+        return jaxconv.conv_transpose(*a, **dict(case.static))
+
+    with _algorithms.policy(policy):
+        y, pullback = jax.vjp(f, *args)
+        backward = dilations(jax.make_jaxpr(pullback)(jnp.ones_like(y)))
+        forward = dilations(jax.make_jaxpr(f)(*args))
+    assert all(set(d) == {1} for d in backward), backward
+    if policy == "xla" and forward:  # the check sees them: XLA's dX rule dilates by the stride
+        assert forward == [case.per_dim("stride")], forward
 
 
 # --------------------------------------------------------------------------------------------
