@@ -440,8 +440,8 @@ def conv_transpose_config(
     dilation = per_dim("dilation", dilation, nd)
     if isinstance(padding, str):
         raise TypeError(
-            f"padding must be an int, {nd} ints or {nd} (low, high) pairs (the padding of the "
-            f"convolution being transposed), got the string {padding!r}"
+            f"padding must be an int, or one int or one (low, high) pair per spatial dimension "
+            f"({nd}): the padding of the convolution being transposed; got the string {padding!r}"
         )
     if isinstance(padding, Sequence) and all(
         isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in padding

@@ -685,7 +685,8 @@ ERROR_CASES = {
         r"padding must be non-negative in every dimension.*\(1, -2\)"),
     "padding string": (
         _ct((1, 5, 2), (3, 4, 2), padding="SAME"), TypeError,
-        r"padding must be an int, 1 ints or 1 \(low, high\) pairs.*got the string 'SAME'"),
+        r"padding must be an int, or one int or one \(low, high\) pair per spatial dimension "
+        r"\(1\).*got the string 'SAME'"),
     "padding crops everything": (
         _ct((1, 2, 2), (2, 4, 2), padding=((2, 2),)), ValueError,
         r"padding \(2, 2\) leaves no output in spatial dimension 0.*= -1"),
