@@ -12,6 +12,7 @@ from jaxconv import autodiff
 from jaxconv.ops._choice import get_policy, policy, set_policy, use
 from jaxconv.ops.activations import leaky_relu, relu, sigmoid, softplus, tanh
 from jaxconv.ops.conv import conv, conv1d, conv2d, conv3d
+from jaxconv.ops.conv_transpose import conv_transpose
 from jaxconv.ops.dense import dense
 from jaxconv.ops.losses import (
     softmax_cross_entropy,
@@ -35,8 +36,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "__version__", "autodiff", "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "dense",
-    "leaky_relu", "max_pool", "relu", "sigmoid", "softmax_cross_entropy",
-    "softmax_cross_entropy_with_integer_labels", "softplus", "squared_error", "tanh",
-    "get_policy", "policy", "set_policy", "use",
+    "__version__", "autodiff", "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "conv_transpose",
+    "dense", "get_policy", "leaky_relu", "max_pool", "policy", "relu", "set_policy", "sigmoid",
+    "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels", "softplus",
+    "squared_error", "tanh", "use",
 ]
