@@ -11,6 +11,10 @@ many jaxconv ops (coverage of ``manual(f)`` counts jaxconv's own custom_vjp call
 from __future__ import annotations
 
 import functools
+import itertools
+import json
+import os
+import subprocess
 import sys
 
 import jax
@@ -44,26 +48,32 @@ def weighted(fun, args, seed=99):
                                                            strict=True))
 
 
-def check(fun, *args, expect: dict[str, int], argnums=None):
-    """fun's forward, its gradients and its coverage, as the module docstring says."""
+def check(fun, *args, expect: dict[str, int], argnums=None, reference=None):
+    """fun's forward, its gradients and its coverage, as the module docstring says; the
+    expected values come from JAX's autodiff of ``reference`` (default: fun itself)."""
+    reference = fun if reference is None else reference
     argnums = tuple(range(len(args))) if argnums is None else argnums
     report = jaxconv.coverage(fun, *args)
     assert not report.unmapped, str(report)
     assert report.manual == expect, str(report)
-    ops = jaxconv.coverage(jaxconv.manual(fun), *args).manual
+    ops = jaxconv.coverage(jaxconv.manual(fun), *args).manual  # jaxconv's custom_vjp calls
     expected_ops: dict[str, int] = {}
     for kind, n in expect.items():
         op = OP.get(kind, kind)  # jaxconv's own ops ("jaxconv.conv") count as themselves
         expected_ops[op] = expected_ops.get(op, 0) + n
+    if "jaxconv.conv_transpose" in ops:  # an lhs-dilated conv_general_dilated
+        expected_ops["jaxconv.conv"] -= ops["jaxconv.conv_transpose"]
+        expected_ops = {k: n for k, n in expected_ops.items() if n} | {
+            "jaxconv.conv_transpose": ops["jaxconv.conv_transpose"]}
     assert ops == expected_ops, ops
 
-    loss = weighted(fun, args)
+    loss, reference_loss = weighted(fun, args), weighted(reference, args)
 
     @functools.partial(jax.jit, compiler_options=S._FAST_COMPILE)  # one program, fast to build
     def run(args):
         return {mode: (f(*args), jax.grad(g, argnums)(*args))
                 for mode, f, g in (("manual", jaxconv.manual(fun), jaxconv.manual(loss)),
-                                   ("autodiff", fun, loss))}
+                                   ("autodiff", reference, reference_loss))}
 
     out = run(args)
     S.assert_trees_close(out["manual"][0], out["autodiff"][0], 1e-12, "forward")
@@ -124,22 +134,59 @@ def test_conv_through_lax_helpers():
     check(model, x, w, expect={"conv_general_dilated": 2})
 
 
+def conv_reference(x, w, *, window_strides, padding, lhs_dilation, rhs_dilation,
+                   dimension_numbers, feature_group_count):
+    """lax.conv_general_dilated by slices and products only: x dilated by lhs_dilation
+    (scattered onto a zero grid), padded (negative pads crop), then Σ_k view_k(x)·w[k] group by
+    group. No convolution op, so neither XLA's convolution rewrites nor JAX's gradient of an
+    lhs-dilated convolution (which aborts jaxlib 0.10.2 on some shapes) are involved."""
+    lhs, rhs, out = dimension_numbers
+    nd = x.ndim - 2
+    x = jnp.transpose(x, (lhs[0], *lhs[2:], lhs[1]))   # (N, *S, C)
+    w = jnp.transpose(w, (*rhs[2:], rhs[1], rhs[0]))   # (*K, C/g, O)
+    n, *size, c = x.shape
+    grid = [(s - 1) * a + 1 for s, a in zip(size, lhs_dilation, strict=True)]
+    x = jnp.zeros((n, *grid, c), x.dtype).at[
+        (slice(None), *(slice(None, None, a) for a in lhs_dilation), slice(None))].set(x)
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in padding),
+                                            (0, 0, 0)])
+    kernel, g = w.shape[:nd], feature_group_count
+    outs = [(p - d * (k - 1) - 1) // s + 1 for p, k, d, s
+            in zip(x.shape[1:-1], kernel, rhs_dilation, window_strides, strict=True)]
+    y = 0
+    for k in itertools.product(*map(range, kernel)):
+        view = x[(slice(None), *(slice(i * d, i * d + (o - 1) * s + 1, s) for i, d, o, s
+                                 in zip(k, rhs_dilation, outs, window_strides, strict=True)),
+                  slice(None))]
+        y = y + jnp.einsum("n...gi,igo->n...go", view.reshape(n, *outs, g, c // g),
+                           w[k].reshape(c // g, g, -1)).reshape(n, *outs, -1)
+    dest = [out[0], *out[2:], out[1]]  # where each channels-last axis of y goes
+    return jnp.transpose(y, np.argsort(dest))
+
+
 @st.composite
 def lax_convs(draw):
     """A lax.conv_general_dilated call: 1 or 2 spatial dims, random dimension numbers (any
     permutation of the axes for x, w and y), kernel 1-3, stride 1-3, rhs_dilation 1-2, padding
-    -1..2 on each side (negative crops), groups 1-3 (depthwise included), batch 1-2."""
+    -1..2 on each side (negative crops), groups 1-3 (depthwise included), batch 1-2; in half
+    the cases an lhs_dilation of 1-3 (a transposed convolution, window strides 1)."""
     nd = draw(st.integers(1, 2))
+    transposed = draw(st.booleans())
     groups = draw(st.integers(1, 3))
     c_in, c_out = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
     kernel = [draw(st.integers(1, 3)) for _ in range(nd)]
-    stride = [draw(st.integers(1, 3)) for _ in range(nd)]
+    stride = [1 if transposed else draw(st.integers(1, 3)) for _ in range(nd)]
+    base = [draw(st.integers(1, 3)) if transposed else 1 for _ in range(nd)]
     dilation = [draw(st.integers(1, 2)) for _ in range(nd)]
     pads = [(draw(st.integers(-1, 2)), draw(st.integers(-1, 2))) for _ in range(nd)]
+    if transposed and draw(st.booleans()):  # pads reaching past a full correlation
+        pads = [(lo + draw(st.integers(0, 4)), hi + draw(st.integers(0, 4))) for lo, hi in pads]
     sizes = []
-    for k, d, s, (lo, hi) in zip(kernel, dilation, stride, pads, strict=True):
-        smallest = max(d * (k - 1) + 1 - lo - hi, max(-lo, 0) + max(-hi, 0) + 1, 1)
-        sizes.append(smallest + draw(st.integers(0, s)))
+    for k, d, s, a, (lo, hi) in zip(kernel, dilation, stride, base, pads, strict=True):
+        # the smallest input size I whose dilated, padded extent (I - 1)·a + 1 + lo + hi holds
+        # the window and keeps at least one position after the negative pads
+        need = max(d * (k - 1) + 1 - lo - hi, max(-lo, 0) + max(-hi, 0) + 1, 1)
+        sizes.append(-(-(need - 1) // a) + 1 + draw(st.integers(0, s)))
     batch = draw(st.integers(1, 2))
     specs = [tuple(draw(st.permutations(range(nd + 2)))) for _ in range(3)]
     x_cl, w_cl = (batch, *sizes, c_in), (*kernel, c_in // groups, c_out)
@@ -152,17 +199,106 @@ def lax_convs(draw):
         w_shape[axis] = (w_cl[-1], w_cl[-2], *w_cl[:-2])[i]
     numbers = lax.ConvDimensionNumbers(*specs)
     kwargs = dict(window_strides=tuple(stride), padding=tuple(pads),
-                  rhs_dilation=tuple(dilation), dimension_numbers=numbers,
-                  feature_group_count=groups)
+                  lhs_dilation=tuple(base), rhs_dilation=tuple(dilation),
+                  dimension_numbers=numbers, feature_group_count=groups)
     return tuple(x_shape), tuple(w_shape), kwargs, draw(S.seeds)
 
 
 @given(case=lax_convs())
 def test_conv_property(case):
+    """Random lax convolutions, transposed ones included (against :func:`conv_reference`, which
+    is checked against lax itself where lax's forward is safe to run: no lhs_dilation)."""
     x_shape, w_shape, kwargs, seed = case
     x, w = S.normal(seed, x_shape), S.normal(seed + 1, w_shape)
-    check(lambda x, w: lax.conv_general_dilated(x, w, **kwargs), x, w,
-          expect={"conv_general_dilated": 1})
+
+    def model(x, w):
+        return lax.conv_general_dilated(x, w, **kwargs)
+
+    def reference(x, w):
+        return conv_reference(x, w, **kwargs)
+
+    if max(kwargs["lhs_dilation"]) == 1:
+        S.assert_scaled_close(reference(x, w), model(x, w), 1e-12, "reference")
+        reference = None  # JAX's own gradient of the lax call
+    check(model, x, w, expect={"conv_general_dilated": 1}, reference=reference)
+
+
+def lax_params(fun, *args):
+    """The parameters of the one conv_general_dilated that fun emits."""
+    (eqn,) = [e for e in jax.make_jaxpr(fun)(*args).jaxpr.eqns
+              if e.primitive.name == "conv_general_dilated"]
+    return {k: eqn.params[k] for k in ("window_strides", "padding", "lhs_dilation",
+                                       "rhs_dilation", "dimension_numbers",
+                                       "feature_group_count")}
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kwargs",
+    [
+        ((2, 5, 4, 3), (3, 3, 3, 4), dict(strides=(2, 2), padding="SAME")),
+        ((1, 6, 5, 2), (2, 3, 2, 3), dict(strides=(3, 1), padding="VALID", rhs_dilation=(1, 2))),
+        ((2, 4, 3, 2), (2, 2, 2, 2), dict(strides=(2, 3), padding=((3, 0), (1, 4)))),
+    ],
+)
+def test_lax_conv_transpose(x_shape, w_shape, kwargs):
+    """lax.conv_transpose (an lhs-dilated convolution) maps onto jaxconv.conv_transpose; the
+    expected gradients come from :func:`conv_reference`, as JAX's own may abort the process."""
+    x, w = S.normal(0, x_shape), S.normal(1, w_shape)
+
+    def model(x, w):
+        return lax.conv_transpose(x, w, dimension_numbers=NHWC, **kwargs)
+
+    params = lax_params(model, x, w)
+    report = check(model, x, w, expect={"conv_general_dilated": 1},
+                   reference=lambda x, w: conv_reference(x, w, **params))
+    assert jaxconv.coverage(jaxconv.manual(model), x, w).manual == {"jaxconv.conv_transpose": 1}
+    assert report.manual == {"conv_general_dilated": 1}
+
+
+def test_transposed_with_window_strides_is_unmapped():
+    x, w = S.normal(0, (1, 5, 5, 1)), S.normal(1, (2, 2, 1, 1))
+    report = jaxconv.coverage(
+        lambda x, w: lax.conv_general_dilated(x, w, (2, 1), ((0, 0), (0, 0)), lhs_dilation=(2, 2),
+                                              dimension_numbers=NHWC), x, w)
+    assert report.manual == {} and "window_strides" in report.unmapped[0].reason
+
+
+_ISSUE_CASE = """
+import json, sys
+import numpy as np, jax, jax.numpy as jnp
+from jax import lax
+import jaxconv
+x = np.random.default_rng(0).standard_normal((2, 1, 2, 6)).astype(np.float32)
+w = np.random.default_rng(1).standard_normal((2, 1, 4, 2)).astype(np.float32)
+def loss(x, w):
+    y = lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (0, 0)), lhs_dilation=(3, 2))
+    return jnp.sum(y ** 2)
+dw = jax.jit(jax.grad(jaxconv.manual(loss), argnums=1))(x, w)
+dx = jax.jit(jax.grad(jaxconv.manual(loss), argnums=0))(x, w)
+print(json.dumps([np.asarray(dx).tolist(), np.asarray(dw).tolist()]))
+"""
+
+
+def test_issue_abort_case_through_manual():
+    """The issue's case, on which JAX's own gradient (and even lax's forward) aborts jaxlib
+    0.10.2: through manual, ``jax.jit(jax.grad(loss, argnums=1))`` in float32 runs to the end
+    and agrees with the reference. In a subprocess, so a regression fails this test instead of
+    killing the test run."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("XLA_FLAGS", None)
+    res = subprocess.run([sys.executable, "-c", _ISSUE_CASE], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    dx, dw = (np.asarray(g) for g in json.loads(res.stdout.splitlines()[-1]))
+    x = np.random.default_rng(0).standard_normal((2, 1, 2, 6)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((2, 1, 4, 2)).astype(np.float32)
+    kwargs = dict(window_strides=(1, 1), padding=((1, 1), (0, 0)), lhs_dilation=(3, 2),
+                  rhs_dilation=(1, 1), dimension_numbers=lax.ConvDimensionNumbers(
+                      (0, 1, 2, 3), (0, 1, 2, 3), (0, 1, 2, 3)), feature_group_count=1)
+    expected = jax.grad(lambda x, w: jnp.sum(conv_reference(x, w, **kwargs) ** 2), (0, 1))(
+        x.astype(np.float64), w.astype(np.float64))
+    S.assert_scaled_close(dx, expected[0], 1e-5, "dx")
+    S.assert_scaled_close(dw, expected[1], 1e-5, "dw")
 
 
 def test_conv_unmapped_stays_with_autodiff():
