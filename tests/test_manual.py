@@ -19,6 +19,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
 import strategies as S
@@ -356,6 +357,60 @@ def test_dense_layer_and_lax_dot_general():
         return lax.dot_general(v, h, (((0,), (1,)), ((), ())))          # (2, 4, 4)
 
     check(model, x, w, b, v, expect={"dot_general": 2})
+
+
+@st.composite
+def contractions(draw):
+    """x and w with 0-2 batch, 0-2 contracted and 0-2 free axes each (sizes 1-3), the axes in
+    random order, and their dimension numbers."""
+    nb, nc = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    nfx, nfw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    size = st.integers(1, 3)
+    b, c = [draw(size) for _ in range(nb)], [draw(size) for _ in range(nc)]
+    fx, fw = [draw(size) for _ in range(nfx)], [draw(size) for _ in range(nfw)]
+    px = draw(st.permutations(range(nb + nc + nfx)))  # px[i]: the axis of x holding role i
+    pw = draw(st.permutations(range(nb + nc + nfw)))
+    x_shape, w_shape = [0] * len(px), [0] * len(pw)
+    for role, n in enumerate(b + c + fx):
+        x_shape[px[role]] = n
+    for role, n in enumerate(b + c + fw):
+        w_shape[pw[role]] = n
+    numbers = ((tuple(px[nb:nb + nc]), tuple(pw[nb:nb + nc])),
+               (tuple(px[:nb]), tuple(pw[:nb])))
+    return tuple(x_shape), tuple(w_shape), numbers, draw(S.seeds)
+
+
+@given(case=contractions())
+def test_dot_general_rule(case):
+    """jaxconv.dot_general's rule (dx = dy·wᵀ, dw = xᵀ·dy over the right axes) against JAX's
+    derivative of the same forward, and the forward against lax."""
+    x_shape, w_shape, numbers, seed = case
+    x, w = S.normal(seed, x_shape), S.normal(seed + 1, w_shape)
+    S.check_manual_equals_autodiff("dot_general", (("dimension_numbers", numbers),), (x, w),
+                                   seed=seed)
+    np.testing.assert_allclose(jaxconv.dot_general(x, w, numbers),
+                               lax.dot_general(x, w, numbers), rtol=1e-12, atol=1e-12)
+
+
+def test_dot_general_finite_differences():
+    x, w = S.normal(0, (2, 3, 4)), S.normal(1, (4, 2, 5))
+    jax.test_util.check_grads(
+        lambda x, w: jaxconv.dot_general(x, w, (((2,), (0,)), ((0,), (1,)))), (x, w), order=1,
+        modes=("rev",))
+
+
+def test_dot_general_errors():
+    x, w = np.ones((2, 3)), np.ones((3, 4))
+    with pytest.raises(ValueError, match=r"contracting axis 0 of x \(size 2"):
+        jaxconv.dot_general(x, w, (((0,), (0,)), ((), ())))
+    with pytest.raises(ValueError, match="holds axis 2, out of range for x of rank 2"):
+        jaxconv.dot_general(x, w, (((2,), (0,)), ((), ())))
+    with pytest.raises(ValueError, match="dimension_numbers must be"):
+        jaxconv.dot_general(x, w, ((1,), (0,)))
+    with pytest.raises(ValueError, match="must pair up"):
+        jaxconv.dot_general(x, w, (((1,), (0, 1)), ((), ())))
+    with pytest.raises(TypeError, match="x must have a floating dtype"):
+        jaxconv.dot_general(np.ones((2, 3), int), w, (((1,), (0,)), ((), ())))
 
 
 def test_dot_preferred_element_type():
