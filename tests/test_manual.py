@@ -11,6 +11,7 @@ many jaxconv ops (coverage of ``manual(f)`` counts jaxconv's own custom_vjp call
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import json
 import os
@@ -589,6 +590,23 @@ def test_vmap_of_manual_and_manual_of_vmap():
     check(batched, w, v, x, expect=CNN)
 
 
+def test_hessian_through_conv_and_pools():
+    x, w = S.normal(0, (1, 5, 5, 2)), S.normal(1, (2, 2, 2, 2))
+
+    def model(w):
+        y = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+        y = lax.reduce_window(jax.nn.relu(y), -jnp.inf, lax.max, (1, 2, 2, 1), (1, 1, 1, 1),
+                              "VALID")
+        y = lax.reduce_window(y, 0.0, lax.add, (1, 2, 2, 1), (1, 1, 1, 1), "VALID")
+        return jnp.sum(jnp.tanh(y) ** 2)
+
+    assert jaxconv.coverage(model, w).manual == {
+        "conv_general_dilated": 1, "relu": 1, "reduce_window_max": 1, "reduce_window_sum": 1,
+        "tanh": 1}
+    S.assert_trees_close(jax.hessian(jaxconv.manual(model))(w), jax.hessian(model)(w), RTOL,
+                         "hessian")
+
+
 def test_hessian_and_value_and_grad():
     v, x = S.normal(0, (4, 3)) * 0.5, S.normal(1, (5, 4))
 
@@ -631,6 +649,21 @@ def test_pytrees_and_static_arguments():
     S.assert_trees_close(grads, expected, RTOL, "dict gradient")
 
 
+def test_keys_and_python_numbers():
+    """PRNG keys are array inputs; Python numbers are static (a new value traces again)."""
+
+    def model(key, x, scale):
+        return jnp.tanh(scale * x * jax.random.normal(key, x.shape)).sum()
+
+    manual, x = jaxconv.manual(model), S.normal(0, (3,))
+    for key in (jax.random.key(0), jax.random.PRNGKey(1)):
+        for scale in (2, 0.5):
+            assert manual(key, x, scale) == model(key, x, scale)
+            S.assert_trees_close(jax.grad(manual, 1)(key, x, scale),
+                                 jax.grad(model, 1)(key, x, scale), RTOL, "gradient")
+    assert manual._jaxconv_cache.traces == 4
+
+
 def test_traced_once_per_signature():
     calls = []
 
@@ -647,6 +680,7 @@ def test_traced_once_per_signature():
     manual(v, S.normal(1, (5, 3)))
     assert calls == [(4, 3), (5, 3)]
     assert manual.__name__ == "model" and manual.__wrapped__ is model
+    assert inspect.signature(manual) == inspect.signature(model)
 
 
 def test_the_gradient_is_the_hand_derived_rule(monkeypatch):
@@ -699,7 +733,7 @@ def test_compare_grads_measures(monkeypatch):
     result = jaxconv.compare_grads(lambda w, v: jnp.sum(w * c) + jnp.sum(v), c, c,
                                    argnums=(0, 1))
     np.testing.assert_allclose(result.errors, (0.05, 0.0), rtol=1e-12)
-    assert result.max_error == pytest.approx(0.05)
+    assert result.max_error == pytest.approx(0.05) and result.scales == (2.0, 1.0)
 
 
 def test_coverage_table():
