@@ -35,7 +35,8 @@ precision; pools with base/window dilation or padding not smaller than the windo
 spatial dims). Primitives nested in other higher-order primitives (shard_map, custom rules) are
 not rewritten. Non-array arguments (Python numbers, strings, flags) are static: each new value
 traces ``fun`` again. Nested jit equations keep their inlining but not their shardings or
-donation.
+donation, and ``fun`` is traced without its inputs' shardings (explicit-sharding code that
+depends on them fails to trace).
 """
 
 from __future__ import annotations

@@ -549,6 +549,26 @@ def test_cond():
               expect={**CNN, "logistic": 1})
 
 
+def test_shard_map_is_not_entered():
+    """Primitives inside a higher-order primitive manual does not rebuild (here shard_map) stay
+    with autodiff, and coverage says so; the function still computes the same."""
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    v = S.normal(0, (3, 2))
+
+    def model(x):
+        inner = jax.shard_map(lambda x: jnp.tanh(x @ v), mesh=mesh,
+                              in_specs=jax.P("data"), out_specs=jax.P("data"))
+        return inner(x) @ v.T
+
+    x = S.normal(1, (8, 3))
+    report = jaxconv.coverage(model, x)
+    assert report.manual == {"dot_general": 1}
+    assert sorted(u.kind for u in report.unmapped) == ["dot_general", "tanh"]
+    assert all(u.reason == "inside shard_map, which manual does not enter"
+               for u in report.unmapped)
+    S.assert_trees_close(jaxconv.manual(model)(x), model(x), 1e-12, "forward")
+
+
 def test_while_forward():
     w, v, x = cnn_args()
 
