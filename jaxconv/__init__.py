@@ -9,11 +9,12 @@ jaxconv.autodiff``.
 """
 
 from jaxconv import autodiff
+from jaxconv._manual import Coverage, GradComparison, compare_grads, coverage, manual
 from jaxconv.ops._choice import get_policy, policy, set_policy, use
 from jaxconv.ops.activations import leaky_relu, relu, sigmoid, softplus, tanh
 from jaxconv.ops.conv import conv, conv1d, conv2d, conv3d
 from jaxconv.ops.conv_transpose import conv_transpose
-from jaxconv.ops.dense import dense
+from jaxconv.ops.dense import dense, dot_general
 from jaxconv.ops.losses import (
     softmax_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
@@ -36,8 +37,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "__version__", "autodiff", "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "conv_transpose",
-    "dense", "get_policy", "leaky_relu", "max_pool", "policy", "relu", "set_policy", "sigmoid",
-    "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels", "softplus",
+    "__version__", "autodiff", "avg_pool", "compare_grads", "conv", "conv1d", "conv2d", "conv3d",
+    "conv_transpose", "Coverage", "coverage", "dense", "dot_general", "get_policy",
+    "GradComparison", "leaky_relu", "manual", "max_pool", "policy", "relu", "set_policy",
+    "sigmoid", "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels", "softplus",
     "squared_error", "tanh", "use",
 ]

@@ -17,6 +17,7 @@ from jaxconv.ops.conv import conv3d_autodiff as conv3d
 from jaxconv.ops.conv import conv_autodiff as conv
 from jaxconv.ops.conv_transpose import conv_transpose_autodiff as conv_transpose
 from jaxconv.ops.dense import dense_autodiff as dense
+from jaxconv.ops.dense import dot_general_autodiff as dot_general
 from jaxconv.ops.losses import softmax_cross_entropy_autodiff as softmax_cross_entropy
 from jaxconv.ops.losses import (
     softmax_cross_entropy_with_integer_labels_autodiff as softmax_cross_entropy_with_integer_labels,
@@ -26,7 +27,7 @@ from jaxconv.ops.pool import avg_pool_autodiff as avg_pool
 from jaxconv.ops.pool import max_pool_autodiff as max_pool
 
 __all__ = [
-    "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "dense", "leaky_relu",
-    "max_pool", "relu", "sigmoid", "softmax_cross_entropy",
+    "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "dense", "dot_general",
+    "leaky_relu", "max_pool", "relu", "sigmoid", "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels", "softplus", "squared_error", "tanh",
 ]
