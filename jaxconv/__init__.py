@@ -7,9 +7,10 @@ JAX-derived gradients live in :mod:`jaxconv.autodiff`.
 """
 
 from jaxconv import autodiff
+from jaxconv.manual import Coverage, GradComparison, compare_grads, coverage, manual
 from jaxconv.ops.activations import leaky_relu, relu, sigmoid, softplus, tanh
 from jaxconv.ops.conv import conv, conv1d, conv2d, conv3d
-from jaxconv.ops.dense import dense
+from jaxconv.ops.dense import dense, dot_general
 from jaxconv.ops.losses import mse, softmax_cross_entropy
 from jaxconv.ops.pool import avg_pool, max_pool
 
@@ -48,4 +49,5 @@ __all__ = [
     "__version__", "autodiff", "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "dense",
     "leaky_relu", "max_pool", "mse", "ops", "relu", "sigmoid", "softmax_cross_entropy", "softplus",
     "tanh",
+    "Coverage", "GradComparison", "compare_grads", "coverage", "dot_general", "manual",
 ]

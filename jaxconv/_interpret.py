@@ -1,0 +1,249 @@
+"""The jaxpr interpreter behind :func:`jaxconv.manual` and :func:`jaxconv.coverage`.
+
+JAX's documented pattern for a custom interpreter: trace the function to a jaxpr, then evaluate
+the jaxpr's equations one by one, doing something else for the primitives of interest. Here
+"something else" is one entry of :data:`TABLE`, the one place that says what happens to a
+primitive:
+
+- a *rule* handler (:mod:`jaxconv._rules`) plans the equation: compute it with jaxconv's op
+  (whose gradient is the hand-derived rule), or leave it to autodiff with a reason;
+- a *nested* handler rebuilds a higher-order primitive (jit, scan, while, cond, remat) with the
+  public JAX function that made it, around the interpreted inner jaxpr, so the rules apply
+  inside loops and branches too.
+
+Everything else (and every custom_jvp/custom_vjp rule that is not jax.nn.relu or softplus,
+jaxconv's own ops included) is bound exactly as it was traced. :func:`walk` visits the same
+equations without evaluating them, to count what the interpreter would do.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.extend.core import DropVar, Literal, jaxprs_in_params
+from jax.extend.core import primitives as P
+
+from jaxconv import _rules
+from jaxconv._rules import Mapped, Unmapped
+
+
+class Nested(NamedTuple):
+    """A higher-order primitive: ``rebuild(interpreter, eqn, operands)`` and its jaxprs."""
+
+    rebuild: Callable[..., list]
+    jaxprs: Callable[[Any], list]  # eqn -> the (open) jaxprs it runs, for walk()
+
+
+def _inner(closed):
+    return closed.jaxpr if hasattr(closed, "jaxpr") else closed
+
+
+def _jit(interp, eqn, operands):
+    """jit: the interpreted body under ``jax.jit`` (built once per equation, so cached)."""
+    return interp.jitted(eqn)(*operands)
+
+
+def _remat(interp, eqn, operands):
+    """remat / checkpoint: ``jax.checkpoint`` of the interpreted body, same policy."""
+    p = eqn.params
+    body = functools.partial(interp.eval, p["jaxpr"], ())
+    return jax.checkpoint(body, prevent_cse=p["prevent_cse"], policy=p["policy"])(*operands)
+
+
+def _scan(interp, eqn, operands):
+    """scan: ``lax.scan`` of the interpreted body over the same consts, carry and xs."""
+    p = eqn.params
+    nc, nk, closed = p["num_consts"], p["num_carry"], p["jaxpr"]
+    consts, init, xs = operands[:nc], operands[nc:nc + nk], operands[nc + nk:]
+
+    def body(carry, x):
+        out = interp.eval(closed.jaxpr, closed.consts, *consts, *carry, *x)
+        return out[:nk], out[nk:]
+
+    carry, ys = lax.scan(body, list(init), list(xs), length=p["length"], reverse=p["reverse"],
+                         unroll=p["unroll"])
+    return [*carry, *ys]
+
+
+def _while(interp, eqn, operands):
+    """while: ``lax.while_loop`` of the interpreted condition and body."""
+    p = eqn.params
+    nc, nb = p["cond_nconsts"], p["body_nconsts"]
+    cond_consts, body_consts, init = operands[:nc], operands[nc:nc + nb], operands[nc + nb:]
+    cj, bj = p["cond_jaxpr"], p["body_jaxpr"]
+
+    def cond(carry):
+        return interp.eval(cj.jaxpr, cj.consts, *cond_consts, *carry)[0]
+
+    def body(carry):
+        return interp.eval(bj.jaxpr, bj.consts, *body_consts, *carry)
+
+    return lax.while_loop(cond, body, list(init))
+
+
+def _cond(interp, eqn, operands):
+    """cond / switch: ``lax.switch`` over the interpreted branches."""
+    index, ops = operands[0], operands[1:]
+    branches = [functools.partial(interp.eval, b.jaxpr, b.consts) for b in eqn.params["branches"]]
+    return lax.switch(index, branches, *ops)
+
+
+def _closed_call(interp, eqn, operands):
+    """closed_call: evaluated in place."""
+    closed = eqn.params["call_jaxpr"]
+    return interp.eval(closed.jaxpr, closed.consts, *operands)
+
+
+TABLE: dict[Any, Callable | Nested] = {
+    # primitives with a hand-derived rule: eqn -> Mapped | Unmapped | None   (jaxconv._rules)
+    P.conv_general_dilated_p: _rules.conv_general_dilated,
+    P.dot_general_p: _rules.dot_general,
+    P.reduce_window_max_p: _rules.reduce_window_max,
+    P.reduce_window_sum_p: _rules.reduce_window_sum,
+    P.logistic_p: _rules.logistic,
+    P.tanh_p: _rules.tanh,
+    P.custom_jvp_call_p: _rules.custom_jvp_call,  # jax.nn.relu, jax.nn.softplus
+    # higher-order primitives, rebuilt around their interpreted jaxprs
+    P.jit_p: Nested(_jit, lambda e: [_inner(e.params["jaxpr"])]),
+    P.closed_call_p: Nested(_closed_call, lambda e: [_inner(e.params["call_jaxpr"])]),
+    P.remat_p: Nested(_remat, lambda e: [e.params["jaxpr"]]),
+    P.scan_p: Nested(_scan, lambda e: [_inner(e.params["jaxpr"])]),
+    P.while_p: Nested(_while, lambda e: [_inner(e.params["cond_jaxpr"]),
+                                          _inner(e.params["body_jaxpr"])]),
+    P.cond_p: Nested(_cond, lambda e: [_inner(b) for b in e.params["branches"]]),
+}
+
+
+def differentiable(eqn) -> bool:
+    """An equation with a floating output computed from at least one floating variable."""
+    return any(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in eqn.outvars) and any(
+        not isinstance(v, Literal) and jnp.issubdtype(v.aval.dtype, jnp.inexact)
+        for v in eqn.invars
+    )
+
+
+def plan(eqn) -> Mapped | Unmapped | None:
+    """What the table says about a (non-nested) equation; ``None``: bind it as it is."""
+    handler = TABLE.get(eqn.primitive)
+    if handler is None or isinstance(handler, Nested) or not differentiable(eqn):
+        return None
+    return handler(eqn)
+
+
+class Interpreter:
+    """Evaluates jaxprs with the table. One per traced signature: it caches the jitted bodies
+    of nested jit equations (keyed by the equation, which the traced jaxpr keeps alive)."""
+
+    def __init__(self):
+        self._jitted: dict[int, tuple[Any, Callable]] = {}
+
+    def jitted(self, eqn) -> Callable:
+        key = id(eqn)
+        if key not in self._jitted:
+            closed = eqn.params["jaxpr"]
+            body = functools.partial(self.eval, closed.jaxpr, closed.consts)
+            body.__name__ = eqn.params.get("name", "jit")  # type: ignore[attr-defined]
+            self._jitted[key] = (eqn, jax.jit(body, inline=eqn.params.get("inline", False)))
+        return self._jitted[key][1]
+
+    def eval(self, jaxpr, consts, *args) -> list:
+        env: dict[Any, Any] = {}
+
+        def read(v):
+            return v.val if isinstance(v, Literal) else env[v]
+
+        env.update(zip(jaxpr.constvars, consts, strict=True))
+        env.update(zip(jaxpr.invars, args, strict=True))
+        for eqn in jaxpr.eqns:
+            operands = [read(v) for v in eqn.invars]
+            with eqn.ctx.manager:
+                outs = self.apply(eqn, operands)
+            for v, out in zip(eqn.outvars, outs, strict=True):
+                if not isinstance(v, DropVar):
+                    env[v] = out
+        return [read(v) for v in jaxpr.outvars]
+
+    def apply(self, eqn, operands) -> list:
+        """The equation's outputs, as a list."""
+        handler = TABLE.get(eqn.primitive)
+        if isinstance(handler, Nested):
+            return handler.rebuild(self, eqn, operands)
+        decision = plan(eqn)
+        if isinstance(decision, Mapped):
+            return [decision.run(*operands)]  # jaxconv's ops have one output
+        outs = eqn.primitive.bind(*operands, **eqn.primitive.get_bind_params(eqn.params))
+        return outs if eqn.primitive.multiple_results else [outs]
+
+
+# --------------------------------------------------------------------------------------------
+# Counting, without evaluating: what the interpreter does to each equation.
+# --------------------------------------------------------------------------------------------
+
+
+class Tally(NamedTuple):
+    manual: Counter          # kind -> instances running a hand-derived rule
+    unmapped: list           # (kind, reason, where) per instance left to autodiff
+    autodiff: Counter        # primitive -> differentiable instances without a rule
+    kept: Counter            # custom rules kept as they are: "custom_jvp_call[name]", ...
+
+
+def _where(eqn) -> str:
+    try:
+        from jax._src import source_info_util
+
+        return source_info_util.summarize(eqn.source_info)
+    except Exception:  # the location is a courtesy; never fail the report over it
+        return ""
+
+
+def _jaxconv_op(eqn) -> str | None:
+    """The name of jaxconv's op behind a custom_vjp_call, or None for someone else's rule."""
+    bwd = getattr(eqn.params.get("bwd"), "f", None)
+    module = getattr(bwd, "__module__", "") or ""
+    if module.startswith("jaxconv."):
+        return "jaxconv." + getattr(bwd, "__name__", "?").strip("_").removesuffix("_bwd")
+    return None
+
+
+def walk(jaxpr, tally: Tally, rewritten: str | None = None) -> None:
+    """Count every equation of ``jaxpr`` and of the jaxprs nested in it into ``tally``.
+
+    ``rewritten`` names the enclosing primitive when manual does not rewrite inside it (e.g.
+    shard_map): rule primitives there are counted as unmapped, with that reason.
+    """
+    for eqn in jaxpr.eqns:
+        handler = TABLE.get(eqn.primitive)
+        name = eqn.primitive.name
+        if isinstance(handler, Nested):
+            for inner in handler.jaxprs(eqn):
+                walk(inner, tally, rewritten)
+            continue
+        if name == "custom_vjp_call":
+            op = _jaxconv_op(eqn)
+            if op is not None:
+                tally.manual[op] += 1
+            else:
+                tally.kept["custom_vjp_call"] += 1
+            continue
+        decision = plan(eqn)
+        if isinstance(decision, Mapped) and rewritten is not None:
+            decision = Unmapped(decision.kind, f"inside {rewritten}, which manual does not enter")
+        if isinstance(decision, Mapped):
+            tally.manual[decision.kind] += 1
+        elif isinstance(decision, Unmapped):
+            tally.unmapped.append((decision.kind, decision.reason, _where(eqn)))
+        elif name == "custom_jvp_call":
+            if differentiable(eqn):
+                tally.kept[f"custom_jvp_call[{_rules.custom_jvp_name(eqn)}]"] += 1
+        else:
+            subs = list(jaxprs_in_params(eqn.params))
+            for inner in subs:
+                walk(inner, tally, rewritten or name)
+            if not subs and differentiable(eqn):
+                tally.autodiff[name] += 1
