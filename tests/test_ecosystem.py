@@ -101,11 +101,11 @@ def _paths(tree):
 
 def _assert_covered(loss, *args, **expected: int):
     """``coverage(loss, *args)`` has exactly ``expected[kind]`` instances of each kind on a
-    hand-derived rule and leaves none of these kinds with autodiff."""
+    hand-derived rule, and nothing that has a rule is left to autodiff."""
     report = jaxconv.coverage(loss, *args)
-    for kind, count in expected.items():
-        assert report.manual.get(kind, 0) == count, (kind, str(report))
-        assert report.autodiff.get(kind, 0) == 0, (kind, str(report))
+    assert not report.unmapped, str(report)
+    counts = {kind: report.manual.get(kind, 0) for kind in expected}
+    assert counts == expected, str(report)
     return report
 
 
@@ -150,7 +150,7 @@ def test_flax_nnx():
     # As NNX users take gradients: nnx.value_and_grad of the loss of a module, nnx.jit-ed.
     _assert_grads_equal(loss_fn, model, x, y, value_and_grad=nnx.value_and_grad, jit=nnx.jit)
     _assert_covered(loss_fn, model, x, y, conv_general_dilated=3, dot_general=2,
-                    reduce_window_max=1, relu=4)
+                    reduce_window_max=1, reduce_window_sum=1, relu=4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,11 +184,15 @@ def test_flax_linen():
 
     _assert_grads_equal(loss, params, x, y)
     _assert_covered(loss, params, x, y, conv_general_dilated=3, dot_general=2,
-                    reduce_window_max=1, relu=3)
+                    reduce_window_max=1, reduce_window_sum=1, relu=3)
 
 
 # --------------------------------------------------------------------------------------------
 # Haiku: its own ResNet-18 and MobileNetV1 (batch norm in training mode stays with autodiff).
+# 64x64 inputs, so that the last batch norms still normalise over 2x2 positions x 2 examples:
+# over fewer values (16x16: 1x1 x 2) a training-mode batch norm is so ill-conditioned that
+# float64 rounding alone moves the gradients by up to 1.5e-7 (measured here: autodiff's own
+# ResNet-18 gradient with the batch's two examples swapped), and no comparison to 1e-10 holds.
 # --------------------------------------------------------------------------------------------
 
 
@@ -203,7 +207,7 @@ def test_haiku_nets(net, convs, relus, max_pools):
         return getattr(hk.nets, net)(num_classes=10)(x, is_training=is_training)
 
     model = hk.transform_with_state(forward)
-    x = _normal(2, 16, 16, 3)
+    x = _normal(2, 64, 64, 3)
     y = _labels(2)
     params, state = _params(jax.eval_shape(
         functools.partial(model.init, is_training=True), jax.random.key(2), x))
@@ -291,7 +295,7 @@ def test_lax_and_jnp():
 
     _assert_grads_equal(loss, params, x, y)
     _assert_covered(loss, params, x, y, conv_general_dilated=2, dot_general=2,
-                    reduce_window_max=1, relu=2)
+                    reduce_window_max=1, relu=2, tanh=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,6 +305,16 @@ def test_lax_and_jnp():
 
 @pytest.mark.slow
 def test_flax_training_on_digits_matches_autodiff():
+    """A Flax CNN trained with optax's Adam on scikit-learn's digits (6 epochs, batches of 32
+    from ``jaxconv.data``), once through ``jaxconv.manual`` and once with JAX's gradients, from
+    the same initialisation on the same batches, in float64.
+
+    Tolerances: each step's gradients agree to 1e-10 of their scale (the tests above), so after
+    264 Adam steps the parameters may differ by rounding compounded, which measured 3e-14 here;
+    1e-8 leaves room for other machines' rounding, while a wrong rule moves parameters by the
+    order of the learning rate (1e-2) within a few steps. Parameters that close make every test
+    prediction the same (a prediction flips only on a logit tie within ~1e-8), so the accuracies
+    are equal, not just close, and must be a sensible digits accuracy (0.97 measured)."""
     nn = pytest.importorskip("flax.linen")
     from jaxconv import data
 
@@ -315,9 +329,11 @@ def test_flax_training_on_digits_matches_autodiff():
             return nn.Dense(features=10)(x)
 
     digits = data.load("digits")
+    x_train, x_test = digits.x_train.astype(np.float64), digits.x_test.astype(np.float64)
     model = CNN()
-    params0 = model.init(jax.random.key(0), digits.x_train[:1])["params"]
-    optimizer = optax.adam(3e-3)
+    params0 = jax.tree.map(lambda a: a.astype(jnp.float64),
+                           model.init(jax.random.key(0), x_train[:1])["params"])
+    optimizer = optax.adam(1e-2)
 
     def loss(params, x, y):
         return _cross_entropy(model.apply({"params": params}, x), y)
@@ -330,18 +346,17 @@ def test_flax_training_on_digits_matches_autodiff():
             return optax.apply_updates(params, updates), opt_state
 
         params, opt_state = params0, optimizer.init(params0)
-        for epoch in range(EPOCHS):
+        for epoch in range(6):
             for idx in data.epoch_batches(0, epoch, digits.num_train, 32):
-                params, opt_state = step(params, opt_state, digits.x_train[idx],
-                                         digits.y_train[idx])
-        logits = model.apply({"params": params}, digits.x_test)
-        return float(jnp.mean(jnp.argmax(logits, -1) == digits.y_test))
+                params, opt_state = step(params, opt_state, x_train[idx], digits.y_train[idx])
+        return params, np.asarray(jnp.argmax(model.apply({"params": params}, x_test), -1))
 
-    acc_manual = train(jaxconv.manual(loss))
-    acc_autodiff = train(loss)
-    assert acc_manual >= 0.95, acc_manual
-    assert abs(acc_manual - acc_autodiff) <= ACC_TOL, (acc_manual, acc_autodiff)
-
-
-EPOCHS = 5
-ACC_TOL = 0.02
+    params_m, pred_m = train(jaxconv.manual(loss))
+    params_a, pred_a = train(loss)
+    for path, pm, pa in zip(_paths(params_a), jax.tree.leaves(params_m),
+                            jax.tree.leaves(params_a), strict=True):
+        err = np.max(np.abs(np.asarray(pm) - np.asarray(pa))) / np.max(np.abs(np.asarray(pa)))
+        assert err <= 1e-8, f"{path}: parameters after training differ by {err:.1e}"
+    np.testing.assert_array_equal(pred_m, pred_a)
+    accuracy = np.mean(pred_m == digits.y_test)
+    assert accuracy >= 0.95, accuracy
