@@ -10,6 +10,7 @@ from jaxconv import autodiff
 from jaxconv.manual import Coverage, GradComparison, compare_grads, coverage, manual
 from jaxconv.ops.activations import leaky_relu, relu, sigmoid, softplus, tanh
 from jaxconv.ops.conv import conv, conv1d, conv2d, conv3d
+from jaxconv.ops.conv_transpose import conv_transpose
 from jaxconv.ops.dense import dense, dot_general
 from jaxconv.ops.losses import mse, softmax_cross_entropy
 from jaxconv.ops.pool import avg_pool, max_pool
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 OPS = (
     "conv", "conv1d", "conv2d", "conv3d", "dense", "relu", "leaky_relu", "sigmoid", "tanh",
     "softplus", "max_pool", "avg_pool", "softmax_cross_entropy", "mse",
+    "conv_transpose",
 )
 
 
@@ -46,8 +48,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "__version__", "autodiff", "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "dense",
-    "leaky_relu", "max_pool", "mse", "ops", "relu", "sigmoid", "softmax_cross_entropy", "softplus",
-    "tanh",
+    "__version__", "autodiff", "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "conv_transpose",
+    "dense", "leaky_relu", "max_pool", "mse", "ops", "relu", "sigmoid", "softmax_cross_entropy",
+    "softplus", "tanh",
     "Coverage", "GradComparison", "compare_grads", "coverage", "dot_general", "manual",
 ]

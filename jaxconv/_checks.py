@@ -330,3 +330,156 @@ def non_negative(name: str, value: Any) -> float:
     if v < 0:
         raise ValueError(f"{name} must be non-negative, got {value}")
     return v
+
+
+# --------------------------------------------------------------------------------------------
+# The transposed convolution (jaxconv.conv_transpose).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvTransposeConfig:
+    """A transposed convolution, described by the convolution it transposes.
+
+    The transposed convolution of x (size I per spatial dim) is the convolution's dX rule:
+    x is dilated by the stride, correlated *fully* with rot180 w, giving the ``full`` result
+    of size ``(I − 1)·s + d·(K − 1) + 1``, and ``lo`` positions are cropped from the start; the
+    output has ``out_size = full − lo − hi + output_padding`` positions. The first ``core_size``
+    of them are what the dX rule of the convolution ``conv`` (input size ``core_size``,
+    padding ``(lo, max(hi − output_padding, 0))``) produces; the remaining
+    ``out_size − core_size`` lie beyond every position the kernel reaches and are zero.
+
+    Attributes:
+      conv: the convolution being transposed (channels-last; its padding's high side already
+        reduced by ``output_padding``).
+      out_size: the output's spatial size.
+      core_size: the leading part of the output that the dX rule computes (0 in some dim: the
+        output is zero there, bias aside).
+    """
+
+    conv: ConvConfig
+    out_size: tuple[int, ...]
+    core_size: tuple[int, ...]
+
+    @property
+    def empty(self) -> bool:
+        """True when every output position lies outside the kernel's reach (output = bias)."""
+        return any(c == 0 for c in self.core_size)
+
+
+def non_negative_per_dim(name: str, value: Any, nd: int) -> tuple[int, ...]:
+    """An int, or one non-negative int per spatial dimension, as an ``nd``-tuple."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        values: Sequence[Any] = (value,) * nd
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        values = value
+        if len(values) != nd:
+            raise ValueError(
+                f"{name} must be an int or a sequence of {nd} ints (one per spatial dimension), "
+                f"got {value!r} of length {len(values)}"
+            )
+    else:
+        raise TypeError(f"{name} must be an int or a sequence of {nd} ints, got {_describe(value)}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must contain ints, got {value!r}")
+        if v < 0:
+            raise ValueError(f"{name} must be non-negative in every dimension, got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def conv_transpose_config(
+    x: Any,
+    w: Any,
+    b: Any,
+    *,
+    stride: Any,
+    padding: Any,
+    output_padding: Any,
+    dilation: Any,
+    groups: Any,
+    layout: str,
+) -> ConvTransposeConfig:
+    """Validate a transposed convolution (arrays already in channels-last layout) and normalise it.
+
+    Args:
+      x: input, ``(N, *spatial, C_in)``.
+      w: kernel of the convolution being transposed, ``(*kernel, C_out // groups, C_in)``.
+      b: bias ``(C_out,)`` or ``None``.
+      stride, dilation: int or one positive int per spatial dim.
+      padding: the padding of the convolution being transposed: an int, one int per spatial
+        dim, or one ``(low, high)`` pair per spatial dim; non-negative.
+      output_padding: int or one int per spatial dim, each ``< max(stride, dilation)``.
+      layout: only used to phrase error messages in the caller's own shapes.
+    """
+    first = layout == "channels_first"
+    x_desc = "(N, C_in, *spatial)" if first else "(N, *spatial, C_in)"
+    w_desc = "(C_in, C_out // groups, *kernel)" if first else "(*kernel, C_out // groups, C_in)"
+    if x.ndim not in (3, 4, 5):
+        raise ValueError(
+            f"x must have rank 3, 4 or 5 {x_desc} for a 1-, 2- or 3-D transposed convolution, "
+            f"got shape {_shape(x, first)}"
+        )
+    if w.ndim != x.ndim:
+        raise ValueError(
+            f"w must have the same rank as x ({x.ndim}, i.e. {w_desc}), got w of shape "
+            f"{_kshape(w, first)} for x of shape {_shape(x, first)}"
+        )
+    nd = x.ndim - 2
+    groups = positive_int("groups", groups)
+    c_in, w_in, c_out_g = x.shape[-1], w.shape[-1], w.shape[-2]
+    if c_in % groups:
+        raise ValueError(f"groups={groups} must divide the input channels C_in={c_in}")
+    if w_in != c_in:
+        raise ValueError(
+            f"w must have C_in = {c_in} input channels {w_desc}, got w of shape "
+            f"{_kshape(w, first)} for x of shape {_shape(x, first)}"
+        )
+    c_out = c_out_g * groups
+    stride = per_dim("stride", stride, nd)
+    dilation = per_dim("dilation", dilation, nd)
+    if isinstance(padding, str):
+        raise TypeError(
+            f"padding must be an int, {nd} ints or {nd} (low, high) pairs (the padding of the "
+            f"convolution being transposed), got the string {padding!r}"
+        )
+    if isinstance(padding, Sequence) and all(
+        isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in padding
+    ):
+        padding = tuple((p, p) for p in non_negative_per_dim("padding", padding, nd))
+    kernel = w.shape[:nd]
+    window = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
+    in_size = x.shape[1:-1]
+    pads = padding_pairs(padding, in_size, window, stride)
+    out_pads = non_negative_per_dim("output_padding", output_padding, nd)
+    conv_pads, out_size, core_size = [], [], []
+    for i, (n, win, s, d, (lo, hi), op) in enumerate(
+        zip(in_size, window, stride, dilation, pads, out_pads, strict=True)
+    ):
+        if op >= max(s, d):
+            raise ValueError(
+                f"output_padding must be smaller than max(stride, dilation) = max({s}, {d}) = "
+                f"{max(s, d)} in spatial dimension {i}, got {output_padding!r}"
+            )
+        if n < 1:
+            raise ValueError(f"x must have at least one position in every spatial dimension, "
+                             f"got shape {_shape(x, first)}")
+        full = (n - 1) * s + win
+        size = full - lo - hi + op
+        if size < 1:
+            raise ValueError(
+                f"padding {(lo, hi)} leaves no output in spatial dimension {i}: (I - 1)·stride + "
+                f"dilation·(K - 1) + 1 - lo - hi + output_padding = {full} - {lo} - {hi} + {op} "
+                f"= {size}"
+            )
+        high = max(hi - op, 0)
+        conv_pads.append((lo, high))
+        out_size.append(size)
+        core_size.append(max(full - lo - high, 0))
+    if b is not None and tuple(b.shape) != (c_out,):
+        raise ValueError(
+            f"b must have shape (C_out,) = ({c_out},) (w's C_out // groups = {c_out_g} times "
+            f"groups = {groups}), got shape {tuple(b.shape)}"
+        )
+    conv = ConvConfig(stride=stride, padding=tuple(conv_pads), dilation=dilation, groups=groups)
+    return ConvTransposeConfig(conv=conv, out_size=tuple(out_size), core_size=tuple(core_size))

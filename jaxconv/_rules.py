@@ -160,6 +160,11 @@ def _transposed(eqn, to_x, to_w, back) -> Mapped | Unmapped:
     pads = [(f - lo, f - hi) for f, (lo, hi) in zip(full, p["padding"], strict=True)]
     padding = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
     zeros = tuple((max(-lo, 0), max(-hi, 0), 0) for lo, hi in pads)
+    sizes = [eqn.invars[0].aval.shape[a] for a in to_x[1:-1]]
+    for n, a, f, (lo, hi) in zip(sizes, stride, full, padding, strict=True):
+        if (n - 1) * a + f + 1 - lo - hi < 1:
+            return Unmapped(kind, f"padding {tuple(p['padding'])}: every output sees only "
+                                  "padding (conv_transpose would have no output)")
 
     def run(x, v):
         x, v = jnp.transpose(x, to_x), jnp.transpose(v, to_w)

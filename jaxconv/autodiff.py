@@ -15,6 +15,7 @@ from jaxconv.ops.conv import conv1d_autodiff as conv1d
 from jaxconv.ops.conv import conv2d_autodiff as conv2d
 from jaxconv.ops.conv import conv3d_autodiff as conv3d
 from jaxconv.ops.conv import conv_autodiff as conv
+from jaxconv.ops.conv_transpose import conv_transpose_autodiff as conv_transpose
 from jaxconv.ops.dense import dense_autodiff as dense
 from jaxconv.ops.dense import dot_general_autodiff as dot_general
 from jaxconv.ops.losses import mse_autodiff as mse
@@ -23,7 +24,8 @@ from jaxconv.ops.pool import avg_pool_autodiff as avg_pool
 from jaxconv.ops.pool import max_pool_autodiff as max_pool
 
 __all__ = [
-    "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "dense", "leaky_relu", "max_pool", "mse",
+    "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "dense", "leaky_relu",
+    "max_pool", "mse",
     "relu", "sigmoid", "softmax_cross_entropy", "softplus", "tanh",
     "dot_general",
 ]

@@ -1,0 +1,198 @@
+r"""The transposed convolution: the convolution's dX rule, used as a layer.
+
+Write C_w for the convolution ``x ↦ conv(x, w)`` of :mod:`jaxconv.ops.conv` (stride s, kernel
+dilation d, padding (lo, hi), groups). It is linear in x, and its dX rule computes the adjoint:
+``conv_dx(dy, w) = C_wᵀ dy``. The transposed convolution is that adjoint applied to a new input,
+
+    y = T_w(x) = C_wᵀ x                  (forward = the lecture's dX rule)
+
+per spatial dimension: x dilated by the stride (s − 1 zeros between entries), correlated *fully*
+with rot180 w, then ``lo`` positions cropped from the start (and ``hi`` from the end):
+
+    y[i·s + k·d − lo] += x[i] · w[k]     (PyTorch's definition, channels aside)
+
+The output has ``(I − 1)·s + d·(K − 1) + 1 − lo − hi + output_padding`` positions: several input
+sizes of C_w give the same output size, and ``output_padding`` (< max(s, d)) says which one is
+meant. Positions that no ``i·s + k·d − lo`` reaches are zero (plus the bias).
+
+The rules. For the upstream gradient dy and any x, by the definition of the adjoint,
+
+    ⟨dy, T_w(x)⟩ = ⟨dy, C_wᵀ x⟩ = ⟨C_w dy, x⟩ = ⟨conv(dy, w), x⟩.
+
+Both sides are the same scalar L, a function of x and w.
+
+- dx = ∂L/∂x: the right-hand side is linear in x with coefficient conv(dy, w), so
+  ``dx = conv(dy, w)``: the convolution's *forward*, on dy.
+- dw = ∂L/∂w: the right-hand side is ⟨conv(u, w), v⟩ with u = dy as the convolution's input and
+  v = x in the place of its upstream gradient. Its gradient in w is by definition the
+  convolution's dW rule for input u and upstream gradient v, ``dw = u ⋆ v``: so
+  ``dw = conv_dw(dy, x)``, the dW rule with the roles of input and upstream gradient swapped.
+- db = Σ dy (the bias is added at every output position).
+
+Output positions beyond the kernel's reach (``output_padding`` larger than ``hi``) are zeros
+appended to C_wᵀ x; their adjoint crops them off dy before the two rules (they carry no
+gradient to x or w; they do to b).
+
+Every product is one of :mod:`jaxconv.ops.conv`'s: the forward is ``conv_dx``, the rules are
+``conv_forward`` and ``conv_dw``, so each of their formulations (one XLA convolution, shifted
+matrix products, im2col / col2im, banded) and the per-shape choice among them is reused here.
+Residuals: x and w.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxconv import _checks
+from jaxconv._checks import ConvTransposeConfig
+from jaxconv.ops._twins import twins
+from jaxconv.ops.conv import conv_db, conv_dw, conv_dx, conv_forward
+
+# --------------------------------------------------------------------------------------------
+# Forward and the three rules. Core layout: x (N, *I, C_in), w (*K, C_out/g, C_in) (the kernel
+# of the convolution C_out -> C_in being transposed), y (N, *out, C_out).
+# --------------------------------------------------------------------------------------------
+
+
+def _extend(y: jax.Array, tcfg: ConvTransposeConfig) -> jax.Array:
+    """Append the zeros beyond the kernel's reach: (N, *core, C) -> (N, *out, C)."""
+    extra = [c - k for c, k in zip(tcfg.out_size, tcfg.core_size, strict=True)]
+    if not any(extra):
+        return y
+    return lax.pad(y, jnp.array(0, y.dtype), [(0, 0, 0), *((0, e, 0) for e in extra), (0, 0, 0)])
+
+
+def _reached(dy: jax.Array, tcfg: ConvTransposeConfig) -> jax.Array:
+    """The adjoint of :func:`_extend`: dy cropped to the positions the kernel reaches."""
+    if tcfg.core_size == tcfg.out_size:
+        return dy
+    return lax.slice(dy, (0,) * dy.ndim, (dy.shape[0], *tcfg.core_size, dy.shape[-1]))
+
+
+def conv_transpose_forward(
+    x: jax.Array, w: jax.Array, b: jax.Array | None, tcfg: ConvTransposeConfig
+) -> jax.Array:
+    """y = C_wᵀ x + b: x (N, *I, C_in), w (*K, C_out/g, C_in), b (C_out,) -> y (N, *out, C_out).
+
+    The convolution's dX rule (``conv_dx``) with x in the place of dy: x dilated by the
+    stride, fully correlated with rot180 w, the padding cropped; then zeros beyond the
+    kernel's reach.
+    """
+    c_out = w.shape[-2] * tcfg.conv.groups
+    if tcfg.empty:
+        y = jnp.zeros((x.shape[0], *tcfg.out_size, c_out), x.dtype)
+    else:
+        y = _extend(conv_dx(x, w, tcfg.core_size, tcfg.conv), tcfg)
+    return y if b is None else y + b
+
+
+def conv_transpose_dx(dy: jax.Array, w: jax.Array, tcfg: ConvTransposeConfig) -> jax.Array:
+    """dx = conv(dy, w): the convolution's forward on dy, (N, *out, C_out) -> (N, *I, C_in)."""
+    return conv_forward(_reached(dy, tcfg), w, None, tcfg.conv)
+
+
+def conv_transpose_dw(
+    x: jax.Array, dy: jax.Array, kernel: tuple[int, ...], tcfg: ConvTransposeConfig
+) -> jax.Array:
+    """dw = dy ⋆ x: the convolution's dW rule with dy as its input and x in the place of its
+    upstream gradient, (N, *I, C_in), (N, *out, C_out) -> (*K, C_out/g, C_in)."""
+    return conv_dw(_reached(dy, tcfg), x, kernel, tcfg.conv)
+
+
+# --------------------------------------------------------------------------------------------
+# The manual op: forward + rules via custom_vjp. Residuals: x and w only.
+# --------------------------------------------------------------------------------------------
+
+
+def _conv_transpose_fwd(x, w, b, tcfg):
+    return conv_transpose_forward(x, w, b, tcfg), (x, w, b)
+
+
+def _conv_transpose_bwd(tcfg, residuals, dy):
+    x, w, b = residuals  # b is kept only for its structure (None or (C_out,))
+    db = None if b is None else conv_db(dy)  # db = Σ dy
+    if tcfg.empty:  # no output position depends on x or w
+        return jnp.zeros_like(x), jnp.zeros_like(w), db
+    dx = conv_transpose_dx(dy, w, tcfg)
+    dw = conv_transpose_dw(x, dy, w.shape[: tcfg.conv.nd], tcfg)
+    return dx, dw, db
+
+
+_conv_transpose_manual = jax.custom_vjp(conv_transpose_forward, nondiff_argnums=(3,))
+_conv_transpose_manual.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+
+
+# --------------------------------------------------------------------------------------------
+# Public front-end (validation, layouts) shared by jaxconv.conv_transpose and its autodiff twin.
+# --------------------------------------------------------------------------------------------
+
+
+def _conv_transpose_front(
+    core,
+    x,
+    w,
+    b=None,
+    *,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    dilation=1,
+    groups=1,
+    layout="channels_last",
+):
+    """N-d transposed convolution: the adjoint of :func:`jaxconv.conv` in x, with optional bias.
+
+    PyTorch's semantics (``torch.nn.functional.conv_transpose{1,2,3}d``): per spatial dim,
+    ``y[i·stride + k·dilation − lo] += x[i] · w[k]`` over the channels of each group, then
+    ``y += b``.
+
+    Args:
+      x: input. ``channels_last`` (default): ``(N, *spatial, C_in)``; ``channels_first``:
+        ``(N, C_in, *spatial)``. 1, 2 or 3 spatial dims.
+      w: the kernel of the convolution being transposed (which maps C_out -> C_in).
+        ``channels_last``: ``(*kernel, C_out // groups, C_in)`` (the HWIO kernel
+        :func:`jaxconv.conv` takes); ``channels_first``: ``(C_in, C_out // groups, *kernel)``,
+        exactly as PyTorch's ``conv_transpose`` takes it.
+      b: optional bias of shape ``(C_out,)``.
+      stride: int or one int per spatial dim (the stride of the convolution being transposed:
+        the input is dilated by it).
+      padding: the padding of the convolution being transposed, cropped off the output: an int,
+        one int per spatial dim, or one ``(low, high)`` pair per spatial dim; non-negative.
+      output_padding: int or one int per spatial dim, each ``< max(stride, dilation)``:
+        positions added at the high end of the output (which of the convolution's input sizes
+        that share one output size is meant).
+      dilation: kernel dilation, int or one per spatial dim.
+      groups: channel groups; both C_in and C_out are split into ``groups`` groups.
+      layout: ``"channels_last"`` or ``"channels_first"``.
+
+    Returns:
+      ``y`` of shape ``(N, *out_spatial, C_out)`` (or ``(N, C_out, *out_spatial)``) with
+      ``out = (size − 1)·stride + dilation·(K − 1) + 1 − low − high + output_padding`` per
+      spatial dim.
+
+    Its forward is the convolution's dX rule, and its gradient is again the lecture's rules
+    (see :mod:`jaxconv.ops.conv_transpose`): ``dx = conv(dy, w)`` (the convolution's forward),
+    ``dw = dy ⋆ x`` (the convolution's dW rule with input and upstream gradient swapped),
+    ``db = Σ dy``. ``jaxconv.autodiff.conv_transpose`` runs the same forward and lets JAX
+    differentiate it.
+    """
+    layout = _checks.layout(layout)
+    x, w, b = _checks.promote(x=x, w=w, b=b)
+    if layout == "channels_first":
+        if x.ndim >= 3:
+            x = jnp.moveaxis(x, 1, -1)
+        if w.ndim >= 3:
+            w = jnp.transpose(w, (*range(2, w.ndim), 1, 0))
+    tcfg = _checks.conv_transpose_config(
+        x, w, b, stride=stride, padding=padding, output_padding=output_padding,
+        dilation=dilation, groups=groups, layout=layout,
+    )
+    y = core(x, w, b, tcfg)
+    return jnp.moveaxis(y, -1, 1) if layout == "channels_first" else y
+
+
+conv_transpose, conv_transpose_autodiff = twins(
+    _conv_transpose_front, _conv_transpose_manual, conv_transpose_forward
+)
