@@ -1,14 +1,17 @@
 """``jaxconv.manual`` on other people's models: Flax (NNX and Linen), Haiku, Equinox, plain lax.
 
 Each model is written the way that library's users write it (their layers, their pooling, their
-initialisers, their way of taking a gradient). For each one, in float64 (the conftest enables x64):
+way of taking a gradient; random parameter values, see ``_params``). For each one, in float64
+(the conftest enables x64):
 
 - every leaf of the gradient of ``jaxconv.manual(loss)`` equals ``jax.grad(loss)``'s to 1e-10
   relative to that leaf's scale (the largest magnitude of autodiff's leaf), and the loss values
   agree;
 - ``jaxconv.coverage`` puts every convolution, dense product, max pool and relu of the model on a
   hand-derived rule, and the counts are the ones the model contains (so a layer that silently
-  falls back to autodiff, or is not seen at all, fails the test).
+  falls back to autodiff, or is not seen at all, fails the test); and ``manual(loss)`` really
+  runs that many rules (its jaxpr holds one ``custom_vjp_call`` per instance; equal gradients
+  alone would not tell a rewrite from a ``manual`` that did nothing).
 
 Then one Flax model is trained with optax through ``jaxconv.manual`` on scikit-learn's digits and
 reaches the accuracy of the same training with JAX's own gradients.
@@ -27,6 +30,7 @@ import numpy as np
 import optax
 import pytest
 from jax import lax
+from jax.extend.core import jaxprs_in_params
 
 import jaxconv
 
@@ -101,12 +105,36 @@ def _paths(tree):
 
 def _assert_covered(loss, *args, **expected: int):
     """``coverage(loss, *args)`` has exactly ``expected[kind]`` instances of each kind on a
-    hand-derived rule, and nothing that has a rule is left to autodiff."""
+    hand-derived rule, nothing that has a rule is left to autodiff, and the jaxpr of
+    ``manual(loss)`` runs one custom_vjp rule per instance it reports (none of these models has
+    custom_vjp rules of its own)."""
     report = jaxconv.coverage(loss, *args)
     assert not report.unmapped, str(report)
     counts = {kind: report.manual.get(kind, 0) for kind in expected}
     assert counts == expected, str(report)
-    return report
+    assert not report.kept.get("custom_vjp_call"), str(report)
+    assert _custom_vjp_calls(jaxconv.manual(loss), *args) == report.n_manual, str(report)
+
+
+def _custom_vjp_calls(fun, *args) -> int:
+    """How many custom_vjp_call equations the jaxpr of ``fun(*args)`` holds, nested jaxprs
+    included (not those inside a custom_vjp rule). Non-array leaves of ``args`` (the functions
+    in an Equinox module) are static."""
+    leaves, tree = jax.tree.flatten(args)
+    dynamic = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.Array)]
+
+    def flat(*arrays):
+        filled = list(leaves)
+        for i, a in zip(dynamic, arrays, strict=True):
+            filled[i] = a
+        return fun(*tree.unflatten(filled))
+
+    def count(jaxpr) -> int:
+        return sum(1 if eqn.primitive.name == "custom_vjp_call"
+                   else sum(count(sub) for sub in jaxprs_in_params(eqn.params))
+                   for eqn in jaxpr.eqns)
+
+    return count(jax.make_jaxpr(flat)(*(leaves[i] for i in dynamic)).jaxpr)
 
 
 def _cross_entropy(logits, y):
@@ -115,7 +143,7 @@ def _cross_entropy(logits, y):
 
 # --------------------------------------------------------------------------------------------
 # Flax NNX: nnx.Conv (strided, asymmetric padding, dilated, grouped), nnx.ConvTranspose,
-# nnx.Linear, nnx.max_pool / nnx.avg_pool, nnx.relu; differentiated with nnx.grad.
+# nnx.Linear, nnx.max_pool / nnx.avg_pool, nnx.relu; differentiated with nnx.value_and_grad.
 # --------------------------------------------------------------------------------------------
 
 
