@@ -30,6 +30,7 @@ Usage::
 
     python experiments/bench_models.py                       # all models, 10+ rounds, training
     python experiments/bench_models.py --models flax_cnn --repeats 5 --train-seeds 0
+    JAXCONV_CONV_POLICY=measure python experiments/bench_models.py   # another conv policy
 
 Writes ``experiments/results/bench_models.{md,json}`` with the load average around the run.
 """
@@ -51,6 +52,7 @@ import optax
 
 import jaxconv
 from jaxconv import bench, data
+from jaxconv.ops import _algorithms
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -173,7 +175,8 @@ def bench_model(name: str, repeats: int) -> dict:
     runners, compile_s = {}, {}
     for variant, fn in (("manual", jaxconv.manual(loss)), ("autodiff", loss)):
         tic = time.perf_counter()
-        runners[variant] = bench.compile_call(jax.grad(fn), *args)
+        runners[variant] = bench.compile_call(jax.grad(fn), *args,
+                                              policy=_algorithms.get_policy())
         compile_s[variant] = time.perf_counter() - tic
     times = bench.interleaved(runners, repeats)
     return {"model": name, "library": library, "batch": batch, "input": shape,
