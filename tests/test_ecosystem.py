@@ -322,6 +322,10 @@ def test_lax_and_jnp():
         return _cross_entropy(h @ params["out"], y)
 
     _assert_grads_equal(loss, params, x, y)
+    # The one-call comparison a user runs on their own model agrees.
+    report = jaxconv.compare_grads(loss, params, x, y)
+    assert jax.tree.structure(report.errors) == jax.tree.structure(params)
+    assert 0 <= report.max_error <= RTOL, report
     _assert_covered(loss, params, x, y, conv_general_dilated=2, dot_general=2,
                     reduce_window_max=1, relu=2, tanh=1)
 
