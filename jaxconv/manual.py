@@ -35,7 +35,8 @@ precision; pools with base/window dilation or padding not smaller than the windo
 spatial dims). Primitives nested in other higher-order primitives (shard_map, custom rules) are
 not rewritten. Non-array arguments (Python numbers, strings, flags) are static: each new value
 traces ``fun`` again. Nested jit equations keep their inlining but not their shardings or
-donation.
+donation, and ``fun`` is traced without its inputs' shardings (explicit-sharding code that
+depends on them fails to trace).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def _static_key(leaf):
 
 def _aval(leaf):
     aval = jax.typeof(leaf)
-    dtype = jax.dtypes.canonicalize_dtype(aval.dtype)
+    dtype = jax.dtypes.canonicalize_dtype(aval.dtype, allow_extended_dtype=True)  # PRNG keys
     return jax.ShapeDtypeStruct(aval.shape, dtype, weak_type=getattr(aval, "weak_type", False))
 
 
@@ -348,15 +349,23 @@ class GradComparison(NamedTuple):
         max |g_manual − g_autodiff| / max |g_autodiff| over that leaf (the absolute difference
         where the autodiff gradient is all zero).
       max_error: the largest of ``errors`` (0.0 when there are no leaves).
+      scales: shaped like ``errors``: max |g_autodiff| of each leaf, the scale each error is
+        relative to (a 0.0 here flags a gradient that is identically zero, which compares
+        equal trivially).
     """
 
     errors: Any
     max_error: float
+    scales: Any
+
+
+def _scale(autodiff_grad) -> float:
+    return float(jnp.max(jnp.abs(autodiff_grad), initial=0.0))
 
 
 def _relative(manual_grad, autodiff_grad) -> float:
     diff = float(jnp.max(jnp.abs(manual_grad - autodiff_grad), initial=0.0))
-    scale = float(jnp.max(jnp.abs(autodiff_grad), initial=0.0))
+    scale = _scale(autodiff_grad)
     return diff / scale if scale > 0 else diff
 
 
@@ -373,8 +382,8 @@ def compare_grads(fun: Callable, *args: Any, argnums: int | tuple[int, ...] = 0,
       argnums: which positional arguments to differentiate, as in ``jax.grad``.
 
     Returns:
-      A :class:`GradComparison` ``(errors, max_error)``; ``errors`` has the structure of
-      ``jax.grad(fun, argnums)(*args, **kwargs)`` with one relative error per leaf.
+      A :class:`GradComparison` ``(errors, max_error, scales)``; ``errors`` and ``scales``
+      have the structure of ``jax.grad(fun, argnums)(*args, **kwargs)``, one float per leaf.
 
     Example::
 
@@ -396,4 +405,5 @@ def compare_grads(fun: Callable, *args: Any, argnums: int | tuple[int, ...] = 0,
     g_manual = jax.jit(functools.partial(grads, manual(fun)))(arrays)
     g_autodiff = jax.jit(functools.partial(grads, fun))(arrays)
     errors = jax.tree_util.tree_map(_relative, g_manual, g_autodiff)
-    return GradComparison(errors, max(jax.tree_util.tree_leaves(errors), default=0.0))
+    return GradComparison(errors, max(jax.tree_util.tree_leaves(errors), default=0.0),
+                          jax.tree_util.tree_map(_scale, g_autodiff))

@@ -11,6 +11,7 @@ many jaxconv ops (coverage of ``manual(f)`` counts jaxconv's own custom_vjp call
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import json
 import os
@@ -19,6 +20,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
 import strategies as S
@@ -358,6 +360,60 @@ def test_dense_layer_and_lax_dot_general():
     check(model, x, w, b, v, expect={"dot_general": 2})
 
 
+@st.composite
+def contractions(draw):
+    """x and w with 0-2 batch, 0-2 contracted and 0-2 free axes each (sizes 1-3), the axes in
+    random order, and their dimension numbers."""
+    nb, nc = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    nfx, nfw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    size = st.integers(1, 3)
+    b, c = [draw(size) for _ in range(nb)], [draw(size) for _ in range(nc)]
+    fx, fw = [draw(size) for _ in range(nfx)], [draw(size) for _ in range(nfw)]
+    px = draw(st.permutations(range(nb + nc + nfx)))  # px[i]: the axis of x holding role i
+    pw = draw(st.permutations(range(nb + nc + nfw)))
+    x_shape, w_shape = [0] * len(px), [0] * len(pw)
+    for role, n in enumerate(b + c + fx):
+        x_shape[px[role]] = n
+    for role, n in enumerate(b + c + fw):
+        w_shape[pw[role]] = n
+    numbers = ((tuple(px[nb:nb + nc]), tuple(pw[nb:nb + nc])),
+               (tuple(px[:nb]), tuple(pw[:nb])))
+    return tuple(x_shape), tuple(w_shape), numbers, draw(S.seeds)
+
+
+@given(case=contractions())
+def test_dot_general_rule(case):
+    """jaxconv.dot_general's rule (dx = dy·wᵀ, dw = xᵀ·dy over the right axes) against JAX's
+    derivative of the same forward, and the forward against lax."""
+    x_shape, w_shape, numbers, seed = case
+    x, w = S.normal(seed, x_shape), S.normal(seed + 1, w_shape)
+    S.check_manual_equals_autodiff("dot_general", (("dimension_numbers", numbers),), (x, w),
+                                   seed=seed)
+    np.testing.assert_allclose(jaxconv.dot_general(x, w, numbers),
+                               lax.dot_general(x, w, numbers), rtol=1e-12, atol=1e-12)
+
+
+def test_dot_general_finite_differences():
+    x, w = S.normal(0, (2, 3, 4)), S.normal(1, (4, 2, 5))
+    jax.test_util.check_grads(
+        lambda x, w: jaxconv.dot_general(x, w, (((2,), (0,)), ((0,), (1,)))), (x, w), order=1,
+        modes=("rev",))
+
+
+def test_dot_general_errors():
+    x, w = np.ones((2, 3)), np.ones((3, 4))
+    with pytest.raises(ValueError, match=r"contracting axis 0 of x \(size 2"):
+        jaxconv.dot_general(x, w, (((0,), (0,)), ((), ())))
+    with pytest.raises(ValueError, match="holds axis 2, out of range for x of rank 2"):
+        jaxconv.dot_general(x, w, (((2,), (0,)), ((), ())))
+    with pytest.raises(ValueError, match="dimension_numbers must be"):
+        jaxconv.dot_general(x, w, ((1,), (0,)))
+    with pytest.raises(ValueError, match="must pair up"):
+        jaxconv.dot_general(x, w, (((1,), (0, 1)), ((), ())))
+    with pytest.raises(TypeError, match="x must have a floating dtype"):
+        jaxconv.dot_general(np.ones((2, 3), int), w, (((1,), (0,)), ((), ())))
+
+
 def test_dot_preferred_element_type():
     """float32 operands accumulated into float64 cannot be computed by jaxconv's op (which
     works in its inputs' dtype): unmapped, with the reason."""
@@ -493,6 +549,26 @@ def test_cond():
               expect={**CNN, "logistic": 1})
 
 
+def test_shard_map_is_not_entered():
+    """Primitives inside a higher-order primitive manual does not rebuild (here shard_map) stay
+    with autodiff, and coverage says so; the function still computes the same."""
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    v = S.normal(0, (3, 2))
+
+    def model(x):
+        inner = jax.shard_map(lambda x: jnp.tanh(x @ v), mesh=mesh,
+                              in_specs=jax.P("data"), out_specs=jax.P("data"))
+        return inner(x) @ v.T
+
+    x = S.normal(1, (8, 3))
+    report = jaxconv.coverage(model, x)
+    assert report.manual == {"dot_general": 1}
+    assert sorted(u.kind for u in report.unmapped) == ["dot_general", "tanh"]
+    assert all(u.reason == "inside shard_map, which manual does not enter"
+               for u in report.unmapped)
+    S.assert_trees_close(jaxconv.manual(model)(x), model(x), 1e-12, "forward")
+
+
 def test_while_forward():
     w, v, x = cnn_args()
 
@@ -532,6 +608,23 @@ def test_vmap_of_manual_and_manual_of_vmap():
         return jax.vmap(per_example, (None, None, 0))(w, v, x)
 
     check(batched, w, v, x, expect=CNN)
+
+
+def test_hessian_through_conv_and_pools():
+    x, w = S.normal(0, (1, 5, 5, 2)), S.normal(1, (2, 2, 2, 2))
+
+    def model(w):
+        y = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+        y = lax.reduce_window(jax.nn.relu(y), -jnp.inf, lax.max, (1, 2, 2, 1), (1, 1, 1, 1),
+                              "VALID")
+        y = lax.reduce_window(y, 0.0, lax.add, (1, 2, 2, 1), (1, 1, 1, 1), "VALID")
+        return jnp.sum(jnp.tanh(y) ** 2)
+
+    assert jaxconv.coverage(model, w).manual == {
+        "conv_general_dilated": 1, "relu": 1, "reduce_window_max": 1, "reduce_window_sum": 1,
+        "tanh": 1}
+    S.assert_trees_close(jax.hessian(jaxconv.manual(model))(w), jax.hessian(model)(w), RTOL,
+                         "hessian")
 
 
 def test_hessian_and_value_and_grad():
@@ -576,6 +669,21 @@ def test_pytrees_and_static_arguments():
     S.assert_trees_close(grads, expected, RTOL, "dict gradient")
 
 
+def test_keys_and_python_numbers():
+    """PRNG keys are array inputs; Python numbers are static (a new value traces again)."""
+
+    def model(key, x, scale):
+        return jnp.tanh(scale * x * jax.random.normal(key, x.shape)).sum()
+
+    manual, x = jaxconv.manual(model), S.normal(0, (3,))
+    for key in (jax.random.key(0), jax.random.PRNGKey(1)):
+        for scale in (2, 0.5):
+            assert manual(key, x, scale) == model(key, x, scale)
+            S.assert_trees_close(jax.grad(manual, 1)(key, x, scale),
+                                 jax.grad(model, 1)(key, x, scale), RTOL, "gradient")
+    assert manual._jaxconv_cache.traces == 4
+
+
 def test_traced_once_per_signature():
     calls = []
 
@@ -592,6 +700,7 @@ def test_traced_once_per_signature():
     manual(v, S.normal(1, (5, 3)))
     assert calls == [(4, 3), (5, 3)]
     assert manual.__name__ == "model" and manual.__wrapped__ is model
+    assert inspect.signature(manual) == inspect.signature(model)
 
 
 def test_the_gradient_is_the_hand_derived_rule(monkeypatch):
@@ -644,7 +753,7 @@ def test_compare_grads_measures(monkeypatch):
     result = jaxconv.compare_grads(lambda w, v: jnp.sum(w * c) + jnp.sum(v), c, c,
                                    argnums=(0, 1))
     np.testing.assert_allclose(result.errors, (0.05, 0.0), rtol=1e-12)
-    assert result.max_error == pytest.approx(0.05)
+    assert result.max_error == pytest.approx(0.05) and result.scales == (2.0, 1.0)
 
 
 def test_coverage_table():
