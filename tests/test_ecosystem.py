@@ -326,6 +326,7 @@ def test_lax_and_jnp():
     report = jaxconv.compare_grads(loss, params, x, y)
     assert jax.tree.structure(report.errors) == jax.tree.structure(params)
     assert 0 <= report.max_error <= RTOL, report
+    assert min(jax.tree.leaves(report.scales)) > 0, report
     _assert_covered(loss, params, x, y, conv_general_dilated=2, dot_general=2,
                     reduce_window_max=1, relu=2, tanh=1)
 
