@@ -321,7 +321,9 @@ def test_lax_and_jnp():
         h = jnp.tanh(h).sum(1)                                                      # (2, 3)
         return _cross_entropy(h @ params["out"], y)
 
-    _assert_grads_equal(loss, params, x, y)
+    # Gradients of the parameters and of the input (the first convolution's dx rule too).
+    _assert_grads_equal(loss, params, x, y,
+                        value_and_grad=functools.partial(jax.value_and_grad, argnums=(0, 1)))
     # The one-call comparison a user runs on their own model agrees.
     report = jaxconv.compare_grads(loss, params, x, y)
     assert jax.tree.structure(report.errors) == jax.tree.structure(params)
