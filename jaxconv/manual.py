@@ -36,7 +36,9 @@ spatial dims). Primitives nested in other higher-order primitives (shard_map, cu
 not rewritten. Non-array arguments (Python numbers, strings, flags) are static: each new value
 traces ``fun`` again. Nested jit equations keep their inlining but not their shardings or
 donation, and ``fun`` is traced without its inputs' shardings (explicit-sharding code that
-depends on them fails to trace).
+depends on them fails to trace). Forward values are jaxconv's ops', equal to the original's
+to rounding; one exception is NaN through ``jax.nn.relu``: ``max(NaN, 0)`` is NaN, while
+``jaxconv.relu`` (``where(x > 0, x, 0)``) gives 0.
 """
 
 from __future__ import annotations

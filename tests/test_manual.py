@@ -684,6 +684,22 @@ def test_keys_and_python_numbers():
     assert manual._jaxconv_cache.traces == 4
 
 
+def test_closure_over_another_transformations_tracer():
+    """fun closing over a tracer of an enclosing grad: the rules apply, and a jaxpr holding
+    that tracer is used once, never cached (it would leak into later calls)."""
+    v, x = S.normal(0, (3, 2)), S.normal(1, (4, 3))
+    wrappers = []
+
+    def outer(v):
+        manual = jaxconv.manual(lambda x: jnp.sum(jnp.tanh(x @ v) ** 2))
+        wrappers.append(manual)
+        return manual(x)
+
+    expected = jax.grad(lambda v: jnp.sum(jnp.tanh(x @ v) ** 2))(v)
+    S.assert_trees_close(jax.grad(outer)(v), expected, RTOL, "gradient")
+    assert wrappers[0]._jaxconv_cache.traces == 1 and not wrappers[0]._jaxconv_cache.entries
+
+
 def test_traced_once_per_signature():
     calls = []
 
