@@ -330,3 +330,28 @@ def non_negative(name: str, value: Any) -> float:
     if v < 0:
         raise ValueError(f"{name} must be non-negative, got {value}")
     return v
+
+
+def choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """Check that ``value`` is one of the strings ``choices`` and return it."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def positive_number(name: str, value: Any) -> float:
+    """Check that ``value`` is a finite real number > 0 (not a bool) and return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a positive finite number, got {_describe(value)}")
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return float(value)
+
+
+def non_negative_int(name: str, value: Any) -> int:
+    """Check that ``value`` is an int >= 0 (not a bool) and return it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a non-negative int, got {_describe(value)}")
+    if value < 0:
+        raise ValueError(f"{name} must be non-negative, got {value}")
+    return int(value)

@@ -49,6 +49,7 @@ def _subprocess_env(tmp_path):
     (["--model", "resnet"], "model must be one of perceptron, mlp, cnn1d, tcn1d, lenet5; got"),
     (["--grads", "numeric"], "grads must be one of manual, autodiff; got 'numeric'"),
     (["--optimizer", "lbfgs"], "optimizer must be one of adam, adamw, sgd; got 'lbfgs'"),
+    (["--dtype", "float16"], "dtype must be one of float32, float64; got 'float16'"),
     (["--dataset", "mnist"], "dataset 'mnist' needs data_dir"),
     (["--dataset", "digits", "--batch-size", "5000"],
      "batch_size 5000 is larger than the training set of digits (1437 examples)"),
@@ -151,7 +152,8 @@ def test_compare_run_reports_both_variants(tmp_path, capsys):
     argv = ["train", *QUICK, "--grads", "autodiff", "--compare", "--out", str(out)]
     assert main(argv) == 0
     stdout = capsys.readouterr().out.splitlines()
-    assert stdout[0].startswith("perceptron on digits (autodiff gradients, seed 0): test accuracy")
+    assert stdout[0].startswith("perceptron on digits (autodiff gradients, float32, seed 0): "
+                                "test accuracy")
     assert stdout[1].startswith("autodiff vs manual: max |loss difference| ")
     compare = json.loads((out / "summary.json").read_text())["compare"]
     assert compare["max_loss_diff"] < 1e-5 and compare["max_param_diff"] < 1e-5
