@@ -181,24 +181,26 @@ def _wait_ok(procs, timeout=300):
 
 @pytest.mark.slow
 def test_two_processes_killed_with_sigkill_resume_to_an_uninterrupted_run(tmp_path):
-    """Both processes of a loopback run killed with SIGKILL after a checkpoint, then restarted
-    with --resume: the same steps, final loss, accuracies and per-epoch records as an
-    uninterrupted two-process run."""
+    """Both processes of a loopback run killed with SIGKILL after epoch 1's checkpoint, then
+    restarted with --resume: the same steps, final loss, accuracies and per-epoch records as an
+    uninterrupted two-process run, and the resumed run really continued (epoch 1's record,
+    its seconds included, is the one written before the kill)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAXCONV_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("XLA_FLAGS", None)  # one device per process
     base = [sys.executable, "-m", "jaxconv", "train", "--dataset", "digits", "--model", "mlp",
-            "--epochs", "4", "--batch-size", "16", "--seed", "2", "--quiet"]
-    steps_per_epoch = 1437 // 16
+            "--epochs", "3", "--batch-size", "32", "--seed", "2", "--quiet"]
+    steps_per_epoch = 1437 // 32
     full_out, killed_out = tmp_path / "full", tmp_path / "killed"
     full = _two_processes(base, full_out, _free_port(), env)
     victims = _two_processes(base, killed_out, _free_port(), env)
     try:
         deadline = time.monotonic() + 240
-        checkpoints = killed_out / "checkpoints"
-        while not (checkpoints / str(steps_per_epoch)).is_dir():
+        metrics = killed_out / "metrics.jsonl"
+        while not metrics.is_file():  # written right after epoch 1's checkpoint
             assert all(p.poll() is None for p in victims), victims[0].communicate()
             assert time.monotonic() < deadline, "no checkpoint after epoch 1 within 240 s"
             time.sleep(0.02)
+        before_kill = metrics.read_text().splitlines()[0]
         for p in victims:
             p.send_signal(signal.SIGKILL)
         assert [p.wait(timeout=60) for p in victims] == [-signal.SIGKILL] * 2
@@ -207,8 +209,9 @@ def test_two_processes_killed_with_sigkill_resume_to_an_uninterrupted_run(tmp_pa
             if p.poll() is None:
                 p.kill()
     assert not (killed_out / "summary.json").exists()
-    steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-    assert steps and max(steps) < 4 * steps_per_epoch
+    steps = sorted(int(p.name) for p in (killed_out / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    assert steps and max(steps) < 3 * steps_per_epoch
 
     _wait_ok(_two_processes(base, killed_out, _free_port(), env, "--resume"))
     _wait_ok(full)
@@ -217,7 +220,8 @@ def test_two_processes_killed_with_sigkill_resume_to_an_uninterrupted_run(tmp_pa
     assert (b["devices"], b["processes"]) == (2, 2)
     for key in ("steps", "epochs", "final_loss", "train_accuracy", "test_accuracy", "test_loss"):
         assert a[key] == b[key], key
-    assert a["steps"] == 4 * steps_per_epoch
+    assert a["steps"] == 3 * steps_per_epoch
+    assert metrics.read_text().splitlines()[0] == before_kill
 
     def records(out):
         return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
