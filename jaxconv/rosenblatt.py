@@ -80,9 +80,7 @@ def rosenblatt(x: Any, y: Any, *, max_epochs: int = 1000,
     if not (values <= {-1, 1} or values <= {0, 1}):
         raise ValueError(f"y must hold labels in {{-1, +1}} or {{0, 1}}, got values {values}")
     max_epochs = _checks.positive_int("max_epochs", max_epochs)
-    lr = _checks.non_negative("lr", lr)
-    if lr == 0:
-        raise ValueError("lr must be positive, got 0")
+    lr = _checks.positive_number("lr", lr)
     signs = jnp.asarray(np.where(y == 0, -1, y), x.dtype)
     w, b, epochs, mistakes = _rosenblatt_epochs(x, signs, jnp.asarray(lr, x.dtype),
                                                 jnp.asarray(max_epochs, jnp.int32))

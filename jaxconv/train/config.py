@@ -88,8 +88,8 @@ class TrainConfig:
         _checks.positive_number("lr", self.lr)
         _checks.positive_int("epochs", self.epochs)
         _checks.positive_int("batch_size", self.batch_size)
-        _checks.non_negative("weight_decay", self.weight_decay)
-        if not 0 <= _checks.non_negative("momentum", self.momentum) < 1:
+        _checks.non_negative_number("weight_decay", self.weight_decay)
+        if not 0 <= _checks.non_negative_number("momentum", self.momentum) < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         _checks.non_negative_int("seed", self.seed)
         if self.devices is not None:

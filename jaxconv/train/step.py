@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxconv import _checks
-from jaxconv.models import GRADS
+from jaxconv.models import GRADS, ops_for
 from jaxconv.train._cache import cached
 from jaxconv.train.config import OPTIMIZERS, SCHEDULES
 
@@ -66,10 +66,8 @@ def loss_and_accuracy(params, x, y, *, apply: Callable, grads: str):
     Returns:
       ``(loss, accuracy)``, scalars of the logits' dtype.
     """
-    import jaxconv
-
     logits = apply(params, x, grads=grads)
-    loss = jaxconv.ops(grads).softmax_cross_entropy(logits, y)
+    loss = jnp.mean(ops_for(grads).softmax_cross_entropy_with_integer_labels(logits, y))
     accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(logits.dtype))
     return loss, accuracy
 
