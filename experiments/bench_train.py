@@ -39,7 +39,7 @@ def full_training(epochs: int | None, runs: int) -> list[dict]:
     for i in range(runs):
         for grads, policy in (("manual", "auto"), ("autodiff", "auto"), ("autodiff", "xla")):
             config = train.TrainConfig(dataset="mnist1d", model="cnn1d", grads=grads, seed=0,
-                                       epochs=epochs, quiet=True)
+                                       epochs=epochs)
             with jaxconv.policy(policy):
                 s = train.fit(config, dataset).summary
             out.append({"run": i, "grads": grads, "policy": policy,

@@ -1,6 +1,6 @@
 """Accuracy targets of the models (issue #3, section 7), measured with the real training loop.
 
-Each target trains one model with its default recipe (``jaxconv.models.DEFAULTS``) and manual
+Each target trains one model with its default recipe (``jaxconv.recipes``) and manual
 gradients, once per seed, through :func:`jaxconv.train.fit`, the function behind
 ``jaxconv train``; the table gives the equivalent command line. The mean test accuracy over the
 seeds is compared with the target, and each run's training time (compilation excluded) with its

@@ -28,7 +28,7 @@ from jax import lax
 from jax.extend.core import Literal
 
 from jaxconv.ops import activations, conv, dense, pool
-from jaxconv.ops._algorithms import rot180_transpose
+from jaxconv.ops.conv import rot180_transpose
 
 
 class Mapped(NamedTuple):

@@ -324,19 +324,13 @@ def chosen(spec: Layer, policy: str = "auto") -> dict[str, str]:
 
 
 def _train_step(model, optimizer, grads: str):
-    import jaxconv
+    """The library's own :func:`jaxconv.train.train_step` for ``model``, as users run it."""
+    import functools
 
-    loss_fn = jaxconv.ops(grads).softmax_cross_entropy
+    from jaxconv import train
 
-    def step(params, opt_state, x, y):
-        def loss(p):
-            return loss_fn(model.apply(p, x, grads=grads), y)
-
-        value, g = jax.value_and_grad(loss)(params)
-        updates, opt_state = optimizer.update(g, opt_state, params)
-        return jax.tree.map(lambda p, u: p + u, params, updates), opt_state, value
-
-    return step
+    return functools.partial(train.train_step, apply=model.apply, optimizer=optimizer,
+                             grads=grads)
 
 
 def memory_bytes(compiled) -> dict[str, int]:

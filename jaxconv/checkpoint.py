@@ -13,10 +13,11 @@ leaves no half checkpoint behind, only a temporary directory that the next manag
 Once orbax has committed a checkpoint, a manifest of its files (relative path, size, SHA-256)
 is written atomically beside them, ``<step>/jaxconv_files.json``. On restore, the files are
 checked against the manifest first (so a truncated, garbled or missing file is caught before
-orbax and tensorstore read it; a checkpoint whose manifest never got written, by a kill right
-after the commit, goes straight to orbax), then the arrays are read and their checksum
-recomputed. A checkpoint that fails any of these is *damaged*: it is moved aside to
-``<directory>/../damaged_checkpoints/<step>`` and the previous one is tried.
+orbax and tensorstore read it), then the arrays are read. Each byte is hashed once on restore:
+the files against the manifest, or, for a checkpoint whose manifest never got written (a kill
+right after the commit), the arrays against their checksum. A checkpoint that fails any of these
+is *damaged*: it is moved aside to ``<directory>/../damaged_checkpoints/<step>`` and the previous
+one is tried.
 """
 
 from __future__ import annotations
@@ -131,36 +132,43 @@ class Checkpoints:
         ``Restored.damaged``. Raises ``ValueError`` when checkpoints exist but all are damaged.
         """
         damaged: list[tuple[int, str]] = []
+        restored = None
         for step in reversed(self.steps()):
             try:
-                self._verify_files(step)
-                meta = self._restore_meta(step)
-            except Exception as err:  # orbax and json raise many types
-                damaged.append((step, _one_line(err)))
+                state, meta = self._restore(step, target, check)
+            except _Damaged as err:
+                damaged.append((step, err.reason))
                 continue
-            if check is not None:
-                check(meta)
-            try:
-                state = self._restore_state(step, target, meta)
-            except Exception as err:  # orbax, tensorstore and the checksum raise many types
-                damaged.append((step, _one_line(err)))
-                continue
-            for bad, _ in damaged:
-                self._move_aside(bad)
-            return Restored(step, state, meta, tuple(damaged))
-        if damaged:
-            for bad, _ in damaged:
-                self._move_aside(bad)
+            restored = Restored(step, state, meta, tuple(damaged))
+            break
+        for bad, _ in damaged:
+            self._move_aside(bad)
+        if restored is None and damaged:
             listing = "; ".join(f"step {s}: {why}" for s, why in damaged)
             raise ValueError(f"every checkpoint in {self.directory} is damaged ({listing})")
-        return None
+        return restored
 
-    def _verify_files(self, step: int) -> None:
-        """Compare the checkpoint's files with its manifest (if it got one)."""
+    def _restore(self, step: int, target: Any, check: Callable[[dict], None] | None):
+        """Checkpoint ``step``'s ``(state, meta)``; raises :class:`_Damaged` if it fails to read
+        or verify, and whatever ``check`` raises."""
+        try:
+            verified = self._verify_files(step)
+            meta = self._restore_meta(step)
+        except Exception as err:  # orbax and json raise many types
+            raise _Damaged(_one_line(err)) from err
+        if check is not None:
+            check(meta)
+        try:
+            return self._restore_state(step, target, meta, verified), meta
+        except Exception as err:  # orbax, tensorstore and the checksum raise many types
+            raise _Damaged(_one_line(err)) from err
+
+    def _verify_files(self, step: int) -> bool:
+        """Compare the checkpoint's files with its manifest; ``False`` if it got none."""
         step_dir = self.directory / str(step)
         path = step_dir / MANIFEST
         if not path.exists():
-            return
+            return False
         try:
             expected = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -174,6 +182,7 @@ class Checkpoints:
                                  f"{size}")
             if _sha256(file) != digest:
                 raise ValueError(f"its file {name} does not match its SHA-256")
+        return True
 
     def _restore_meta(self, step: int) -> dict:
         restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -182,7 +191,10 @@ class Checkpoints:
             raise ValueError("its metadata has no checksum")
         return meta
 
-    def _restore_state(self, step: int, target: Any, meta: dict) -> Any:
+    def _restore_state(self, step: int, target: Any, meta: dict, verified: bool) -> Any:
+        """The arrays of checkpoint ``step`` in ``target``'s structure. Files ``verified``
+        against their manifest hold exactly the bytes saved, so only a checkpoint without a
+        manifest has its arrays' checksum recomputed (every byte is hashed once)."""
         abstract = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), target
         )
@@ -192,7 +204,7 @@ class Checkpoints:
         # orbax may hand back plain tuples for namedtuple nodes: rebuild the target's structure.
         leaves = jax.tree.leaves(restored.state)
         state = jax.tree.unflatten(jax.tree.structure(target), leaves)
-        if checksum(state) != meta["checksum"]:
+        if not verified and checksum(state) != meta["checksum"]:
             raise ValueError("its arrays do not match their checksum")
         return state
 
@@ -216,6 +228,14 @@ class Checkpoints:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Damaged(Exception):
+    """A checkpoint failed to read or verify, for ``reason`` (one line)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _sha256(path: Path) -> str:

@@ -23,8 +23,8 @@ model takes both:
 
 Shapes no model can take raise a ``ValueError`` naming ``input_shape``.
 
-The module also holds the lecture's *artificial neuron* trained the classic way:
-:func:`rosenblatt`, the perceptron learning rule, which needs no gradient at all.
+Training recipes (each model's default hyperparameters) live in :mod:`jaxconv.recipes`; the
+perceptron trained by Rosenblatt's rule, without a gradient, in :mod:`jaxconv.rosenblatt`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jaxconv import _checks
 
@@ -45,28 +44,6 @@ Params = dict[str, Any]
 MODELS = ("perceptron", "mlp", "cnn1d", "tcn1d", "lenet5")
 
 GRADS = ("manual", "autodiff")
-
-DEFAULTS: dict[str, dict[str, Any]] = {
-    # Training recipes (for ``jaxconv.train`` and ``jaxconv train``) that reach the targets of
-    # experiments/train_targets.py (see experiments/results/train_targets.md): cnn1d, tcn1d and
-    # mlp on MNIST-1D, lenet5 on the 8×8 digits. The MNIST-1D paper trained every model with
-    # Adam, lr 1e-2, batch 100 and 6,000 constant-rate steps; that recipe gave cnn1d ~92% and
-    # mlp ~67% here (sweeps over 3 to 5 seeds), so cnn1d takes batches of 25 under a cosine
-    # decay with a small decoupled weight decay for 100 epochs (seeds 0-4 on the CPU: 95.6, 94.7,
-    # 94.9, 94.2, 95.1%; 60 epochs of plain Adam gave 93.9% over seeds 0-2) and mlp a larger
-    # decoupled weight decay (~68.8%).
-    "perceptron": {"optimizer": "adam", "lr": 1e-2, "schedule": "cosine", "epochs": 50,
-                   "batch_size": 100, "weight_decay": 0.0},
-    "mlp": {"optimizer": "adamw", "lr": 1e-2, "schedule": "cosine", "epochs": 150,
-            "batch_size": 100, "weight_decay": 0.1},
-    "cnn1d": {"optimizer": "adamw", "lr": 1e-2, "schedule": "cosine", "epochs": 100,
-              "batch_size": 25, "weight_decay": 1e-2},
-    "tcn1d": {"optimizer": "adam", "lr": 1e-2, "schedule": "cosine", "epochs": 20,
-              "batch_size": 100, "weight_decay": 0.0},
-    "lenet5": {"optimizer": "adam", "lr": 3e-3, "schedule": "cosine", "epochs": 50,
-               "batch_size": 32, "weight_decay": 0.0},
-}
-
 
 class Model(NamedTuple):
     """A model: its name and its pure ``init`` / ``apply`` pair.
@@ -101,11 +78,13 @@ def _layer(key, shape: tuple[int, ...], init=_he, zero: bool = False) -> Params:
     return {"w": w, "b": jnp.zeros(shape[-1:], jnp.float32)}
 
 
-def _ops(grads: str):
-    """The op namespace for ``grads``: ``jaxconv`` or ``jaxconv.autodiff``."""
+def ops_for(grads: str):
+    """The op namespace of a gradient mode: ``jaxconv`` (``"manual"``, the lecture's rules) or
+    ``jaxconv.autodiff`` (``"autodiff"``, the same forwards differentiated by JAX)."""
     import jaxconv  # lazily: jaxconv's __init__ may import this module
 
-    return jaxconv.ops(grads)
+    manual = _checks.choice("grads", grads, GRADS) == "manual"
+    return jaxconv if manual else jaxconv.autodiff
 
 
 def _input_shape(input_shape: Any, ranks: Sequence[int], model: str, what: str) -> tuple:
@@ -179,7 +158,8 @@ def perceptron() -> Model:
     with :func:`jaxconv.softmax_cross_entropy` the layer is softmax (multinomial logistic)
     regression; with two classes the softmax is exactly a sigmoid neuron,
     p(class 1) = σ(z₁ − z₀). params: ``{"dense": {"w": (D, num_classes), "b": (num_classes,)}}``
-    with D = prod(input_shape). For the classic learning rule, see :func:`rosenblatt`.
+    with D = prod(input_shape). For the classic learning rule, see
+    :func:`jaxconv.rosenblatt.rosenblatt`.
     """
 
     def init(key, input_shape, num_classes):
@@ -187,7 +167,7 @@ def perceptron() -> Model:
         return {"dense": _layer(key, (math.prod(shape), _num_classes(num_classes)), _lecun)}
 
     def apply(params, x, *, grads="manual"):
-        ops = _ops(grads)
+        ops = ops_for(grads)
         w, b = params["dense"]["w"], params["dense"]["b"]
         x = _checks.floating("x", x)
         return ops.dense(_features(x, w.shape[0], "perceptron"), w, b)
@@ -220,7 +200,7 @@ def mlp(hidden: Sequence[int] = (100, 100)) -> Model:
         return params
 
     def apply(params, x, *, grads="manual"):
-        ops = _ops(grads)
+        ops = ops_for(grads)
         x = _checks.floating("x", x)
         h = _features(x, params[f"dense{0}" if hidden else "out"]["w"].shape[0], "mlp")
         for i in range(len(hidden)):
@@ -280,7 +260,7 @@ def cnn1d(channels: int = 25, kernels: Sequence[int] = (5, 3, 3), stride: int = 
         return params
 
     def apply(params, x, *, grads="manual"):
-        ops = _ops(grads)
+        ops = ops_for(grads)
         h = _sequence(x, "cnn1d")
         pads, _ = _cnn1d_plan(h.shape[1], kernels, stride)
         for i, pad in enumerate(pads):
@@ -314,8 +294,7 @@ def tcn1d(channels: int = 32, kernel: int = 3, dilations: Sequence[int] = (1, 2,
     channels = _checks.positive_int("channels", channels)
     kernel = _checks.positive_int("kernel", kernel)
     dilations = tuple(_checks.positive_int("dilations", d) for d in dilations)
-    if pool not in ("max", "avg"):
-        raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
+    _checks.choice("pool", pool, ("max", "avg"))
 
     def init(key, input_shape, num_classes):
         shape = _input_shape(input_shape, (2, 3), "tcn1d", _SEQUENCE_OR_IMAGE)
@@ -330,7 +309,7 @@ def tcn1d(channels: int = 32, kernel: int = 3, dilations: Sequence[int] = (1, 2,
         return params
 
     def apply(params, x, *, grads="manual"):
-        ops = _ops(grads)
+        ops = ops_for(grads)
         h = _sequence(x, "tcn1d")
         h = ops.relu(ops.conv1d(h, **params["stem"], padding="SAME"))
         for i, d in enumerate(dilations):
@@ -397,10 +376,8 @@ def lenet5(channels: Sequence[int] = (16, 32), hidden: Sequence[int] = (120, 84)
     hidden = tuple(_checks.positive_int("hidden", h) for h in hidden)
     if len(channels) != 2:
         raise ValueError(f"channels must hold 2 widths (conv0, conv1), got {channels}")
-    if activation not in ("relu", "tanh"):
-        raise ValueError(f"activation must be 'relu' or 'tanh', got {activation!r}")
-    if pool not in ("max", "avg"):
-        raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
+    _checks.choice("activation", activation, ("relu", "tanh"))
+    _checks.choice("pool", pool, ("max", "avg"))
     init_w = _he if activation == "relu" else _lecun
 
     def init(key, input_shape, num_classes):
@@ -421,7 +398,7 @@ def lenet5(channels: Sequence[int] = (16, 32), hidden: Sequence[int] = (120, 84)
         return params
 
     def apply(params, x, *, grads="manual"):
-        ops = _ops(grads)
+        ops = ops_for(grads)
         act = getattr(ops, activation)
         pooling = ops.max_pool if pool == "max" else ops.avg_pool
         x = _batch(x, params["conv0"]["w"].ndim - 1, "lenet5")
@@ -451,89 +428,10 @@ def get(name: str, **hyper: Any) -> Model:
     """The model called ``name`` (one of :data:`MODELS`), built with the hyperparameters
     ``hyper`` (see each builder: :func:`perceptron`, :func:`mlp`, :func:`cnn1d`, :func:`tcn1d`,
     :func:`lenet5`)."""
-    if name not in _BUILDERS:
-        raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+    _checks.choice("model", name, MODELS)
     try:
         return _BUILDERS[name](**hyper)
     except TypeError as err:
         if "unexpected keyword" not in str(err):
             raise
         raise TypeError(f"model {name!r} got an unknown hyperparameter: {err}") from None
-
-
-# --------------------------------------------------------------------------------------------
-# Rosenblatt's perceptron learning rule.
-# --------------------------------------------------------------------------------------------
-
-
-@jax.jit
-def _rosenblatt_epochs(x, y, lr, max_epochs):
-    """Epochs of the perceptron rule until one makes no mistake or ``max_epochs`` have run.
-
-    One epoch is a ``lax.scan`` over the examples in order: where the neuron's output
-    z = x·w + b has the wrong sign (y·z <= 0), w += lr·y·x and b += lr·y. The epochs run in a
-    ``lax.while_loop``. Returns ``(w (D, 1), b (1,), epochs, mistakes in the last epoch)``.
-    """
-    from jaxconv.ops.dense import dense_forward  # the neuron's forward, y = x·w + b
-
-    def step(carry, example):
-        w, b, mistakes = carry
-        xi, yi = example
-        wrong = yi * dense_forward(xi, w, b)[0] <= 0
-        update = jnp.where(wrong, lr * yi, jnp.zeros_like(yi))
-        return (w + update * xi[:, None], b + update, mistakes + wrong), None
-
-    def epoch(state):
-        w, b, epochs, _ = state
-        (w, b, mistakes), _ = lax.scan(step, (w, b, jnp.zeros((), jnp.int32)), (x, y))
-        return w, b, epochs + 1, mistakes
-
-    def keep_going(state):
-        _, _, epochs, mistakes = state
-        return (mistakes > 0) & (epochs < max_epochs)
-
-    w0 = jnp.zeros((x.shape[1], 1), x.dtype)
-    b0 = jnp.zeros((1,), x.dtype)
-    return lax.while_loop(keep_going, epoch, (w0, b0, jnp.zeros((), jnp.int32),
-                                              jnp.ones((), jnp.int32)))
-
-
-def rosenblatt(x: Any, y: Any, *, max_epochs: int = 1000,
-               lr: float = 1.0) -> tuple[jax.Array, jax.Array, int, bool]:
-    """Rosenblatt's perceptron learning rule for the lecture's artificial neuron.
-
-    The neuron predicts sign(x·w + b). Starting from w = 0, b = 0 it visits the examples in
-    order and, on each mistake (y·(x·w + b) <= 0), moves the boundary towards the example:
-    w += lr·y·x, b += lr·y. It stops after the first epoch without a mistake: by Novikoff's
-    theorem that happens after at most (R/γ)² mistakes when the data are linearly separable
-    with margin γ and radius R, and never when they are not.
-
-    Args:
-      x: ``(N, D)`` examples (floating; integers are cast to float32).
-      y: ``(N,)`` labels in {-1, +1} or in {0, 1} (0 is read as -1).
-      max_epochs: the most epochs to run.
-      lr: the step size (> 0; with w = 0 at the start it only scales w and b).
-
-    Returns:
-      ``(w, b, epochs, converged)``: w ``(D,)``, b a scalar, the number of epochs run and
-      whether the last one made no mistake.
-    """
-    x = jnp.asarray(_checks.array("x", x))
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
-    if x.ndim != 2:
-        raise ValueError(f"x must have shape (N, D), got shape {tuple(x.shape)}")
-    y = np.asarray(_checks.array("y", y))
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"y must have shape (N,) = ({x.shape[0]},), got shape {y.shape}")
-    values = set(np.unique(y).tolist())
-    if not (values <= {-1, 1} or values <= {0, 1}):
-        raise ValueError(f"y must hold labels in {{-1, +1}} or {{0, 1}}, got values {values}")
-    max_epochs = _checks.positive_int("max_epochs", max_epochs)
-    lr = _checks.non_negative("lr", lr)
-    if lr == 0:
-        raise ValueError("lr must be positive, got 0")
-    signs = jnp.asarray(np.where(y == 0, -1, y), x.dtype)
-    w, b, epochs, mistakes = _rosenblatt_epochs(x, signs, jnp.asarray(lr, x.dtype),
-                                                jnp.asarray(max_epochs, jnp.int32))
-    return w[:, 0], b[0], int(epochs), bool(mistakes == 0)

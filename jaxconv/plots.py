@@ -53,15 +53,22 @@ def training_curves(history: list[dict], path: str | Path, *, title: str = "") -
 
 
 def compare_curves(
-    history: list[dict], path: str | Path, *, step_losses: dict | None = None, title: str = ""
+    history: list[dict], path: str | Path, *, step_losses: dict | None = None,
+    grad_rel_diffs=None, title: str = "",
 ) -> Path:
-    """Both variants' training losses and their absolute difference.
+    """Both variants' training losses, their absolute difference (the trajectories' drift), and,
+    given ``grad_rel_diffs``, the gradients' agreement at the same parameters and batch.
 
     Args:
       history: per-epoch records with a ``compare`` object (``fit(..., compare=True)``).
       path: the PNG to write.
       step_losses: optionally ``{grads: (steps,) losses}`` for both variants: then the curves are
         drawn per step rather than per epoch.
+      grad_rel_diffs: optionally ``(steps,)`` values of ``jaxconv.train.grad_rel_diff``, one per
+        step: a third panel, log scale.
+
+    Returns:
+      ``path`` as a ``Path``.
     """
     if not history or "compare" not in history[0]:
         raise ValueError("history must hold the records of a comparison run (with 'compare')")
@@ -75,16 +82,26 @@ def compare_curves(
         a = np.asarray([r["train_loss"] for r in history])
         b = np.asarray([r["compare"]["train_loss"] for r in history])
         xlabel = "epoch"
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    loss_ax, diff_ax = fig.subplots(1, 2)
+    panels = 2 if grad_rel_diffs is None else 3
+    fig = Figure(figsize=(5 * panels, 4), layout="constrained")
+    axes = fig.subplots(1, panels)
+    loss_ax, diff_ax = axes[:2]
     loss_ax.plot(xs, a, "-", label=mine)
     loss_ax.plot(xs, b, "--", label=other)
     loss_ax.set(xlabel=xlabel, ylabel="training loss", yscale="log", title="training loss")
     loss_ax.legend()
     diff_ax.plot(xs, np.abs(a - b), "-", color="C3")
     diff_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-    diff_ax.set(xlabel=xlabel, ylabel=f"|{mine} − {other}|", title="absolute loss difference")
-    for ax in (loss_ax, diff_ax):
+    diff_ax.set(xlabel=xlabel, ylabel=f"|{mine} − {other}|",
+                title="trajectory drift: |loss difference|")
+    if grad_rel_diffs is not None:
+        g = np.asarray(grad_rel_diffs, dtype=float)
+        grad_ax = axes[2]
+        grad_ax.plot(np.arange(1, g.size + 1), np.maximum(g, 1e-300), "-", color="C2", lw=0.8)
+        grad_ax.set(xlabel="step", yscale="log",
+                    ylabel=f"‖g_{mine} − g_{other}‖∞ / ‖g_{mine}‖∞",
+                    title="gradients at the same params and batch")
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:

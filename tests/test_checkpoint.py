@@ -13,7 +13,7 @@ from jaxconv.checkpoint import DAMAGED_DIR, MANIFEST, Checkpoints, checksum
 
 def _state(seed: int):
     """A params + adam-state pytree with namedtuple nodes, like the training loop's."""
-    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    k1, k2 = jax.random.split(jax.random.key(seed))
     params = {"conv": {"w": jax.random.normal(k1, (3, 2, 4), jnp.float32),
                        "b": jnp.zeros(4, jnp.float32)},
               "dense": {"w": jax.random.normal(k2, (4, 10), jnp.float32)}}

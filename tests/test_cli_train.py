@@ -45,10 +45,12 @@ def _subprocess_env(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--dataset", "cifar"], "dataset must be one of mnist1d, digits, mnist; got 'cifar'"),
-    (["--model", "resnet"], "model must be one of perceptron, mlp, cnn1d, tcn1d, lenet5; got"),
-    (["--grads", "numeric"], "grads must be one of manual, autodiff; got 'numeric'"),
-    (["--optimizer", "lbfgs"], "optimizer must be one of adam, adamw, sgd; got 'lbfgs'"),
+    (["--dataset", "cifar"], "dataset must be one of ('mnist1d', 'digits', 'mnist'), got 'cifar'"),
+    (["--model", "resnet"], "model must be one of ('perceptron', 'mlp', 'cnn1d', 'tcn1d', 'lenet5')"
+        ", got"),
+    (["--grads", "numeric"], "grads must be one of ('manual', 'autodiff'), got 'numeric'"),
+    (["--optimizer", "lbfgs"], "optimizer must be one of ('adam', 'adamw', 'sgd'), got 'lbfgs'"),
+    (["--dtype", "float16"], "dtype must be one of ('float32', 'float64'), got 'float16'"),
     (["--dataset", "mnist"], "dataset 'mnist' needs data_dir"),
     (["--dataset", "digits", "--batch-size", "5000"],
      "batch_size 5000 is larger than the training set of digits (1437 examples)"),
@@ -73,12 +75,12 @@ def test_missing_mnist_files_are_named_in_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--lr", "0"], "argument --lr: expected a positive number, got 0"),
-    (["--lr", "-0.1"], "argument --lr: expected a positive number, got -0.1"),
-    (["--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
-    (["--batch-size", "-8"], "argument --batch-size: expected a positive integer, got -8"),
-    (["--epochs", "two"], "argument --epochs: expected a positive integer, got 'two'"),
-    (["--seed", "-1"], "argument --seed: expected a non-negative integer, got -1"),
+    (["--lr", "0"], "argument --lr: must be a positive finite number, got 0.0"),
+    (["--lr", "-0.1"], "argument --lr: must be a positive finite number, got -0.1"),
+    (["--epochs", "0"], "argument --epochs: must be a positive int, got 0"),
+    (["--batch-size", "-8"], "argument --batch-size: must be a positive int, got -8"),
+    (["--epochs", "two"], "argument --epochs: must be a positive int, got 'two' (str)"),
+    (["--seed", "-1"], "argument --seed: must be a non-negative int, got -1"),
 ])
 def test_non_positive_numbers_are_argparse_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -97,8 +99,8 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
-        "jaxconv train: error: model must be one of perceptron, mlp, cnn1d, tcn1d, lenet5; got "
-        "'resnet'"
+        "jaxconv train: error: model must be one of ('perceptron', 'mlp', 'cnn1d', 'tcn1d', "
+        "'lenet5'), got 'resnet'"
     ]
 
 
@@ -151,7 +153,8 @@ def test_compare_run_reports_both_variants(tmp_path, capsys):
     argv = ["train", *QUICK, "--grads", "autodiff", "--compare", "--out", str(out)]
     assert main(argv) == 0
     stdout = capsys.readouterr().out.splitlines()
-    assert stdout[0].startswith("perceptron on digits (autodiff gradients, seed 0): test accuracy")
+    assert stdout[0].startswith("perceptron on digits (autodiff gradients, float32, seed 0): "
+                                "test accuracy")
     assert stdout[1].startswith("autodiff vs manual: max |loss difference| ")
     compare = json.loads((out / "summary.json").read_text())["compare"]
     assert compare["max_loss_diff"] < 1e-5 and compare["max_param_diff"] < 1e-5

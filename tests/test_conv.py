@@ -35,7 +35,7 @@ def test_gradient_equals_autodiff(case, dtype, seed):
 @given(case=S.conv_cases(nd=st.integers(1, 2)), dtype=S.float_dtypes, seed=S.seeds)
 def test_gradient_equals_autodiff_default_formulations(case, dtype, seed):
     """The same under the default policy, whose per-shape choice computes the rules as shifted
-    matrix products or im2col / col2im (jaxconv.ops._algorithms). Fewer examples and at most 2
+    matrix products or im2col / col2im (jaxconv.ops._formulations). Fewer examples and at most 2
     spatial dims: these formulations unroll over the kernel offsets and compile slowly."""
     S.check_manual_equals_autodiff(
         "conv", case.static, case.arrays(seed, dtype), seed=seed, policy="auto"

@@ -37,7 +37,6 @@ from jax.test_util import check_grads
 
 import jaxconv
 import jaxconv.autodiff
-from jaxconv.ops import _algorithms
 
 _NO_ALGSIMP = {"xla_disable_hlo_passes": "algsimp"}
 _ND = st.integers(1, 3)
@@ -304,7 +303,7 @@ FORMULATIONS = {
 @functools.partial(jax.jit, static_argnames=("case", "name"), compiler_options=S._FAST_COMPILE)
 def _vjp_forced(case: TCase, name: str, args, dy):
     out = {}
-    with _algorithms.use(**FORMULATIONS[name]):
+    with jaxconv.use(**FORMULATIONS[name]):
         for mode, op in (("manual", jaxconv.conv_transpose),
                          ("autodiff", jaxconv.autodiff.conv_transpose)):
             y, pullback = jax.vjp(lambda *a, op=op: op(*a, **dict(case.static)), *args)
@@ -316,7 +315,7 @@ def _vjp_forced(case: TCase, name: str, args, dy):
 @settings(max_examples=max(settings().max_examples // 4, 10))
 @given(case=transpose_cases(), dtype=S.float_dtypes, seed=S.seeds)
 def test_gradient_equals_autodiff_every_formulation(name, case, dtype, seed):
-    """The same with each formulation of the rules forced (jaxconv.ops._algorithms: one XLA
+    """The same with each formulation of the rules forced (jaxconv.use: one XLA
     convolution, shifted matrix products, im2col, banded): float64 1e-10, float32 1e-5."""
     args = case.arrays(seed, dtype)
     y_shape = jax.eval_shape(lambda *a: _apply(case, a), *args).shape
@@ -567,7 +566,6 @@ def test_issue_case_gradient_exits_cleanly():
     y, then dw and dx for dy = 2y)."""
     res = _run("""
         import jaxconv
-        from jaxconv.ops import _algorithms
         w = np.flip(np.swapaxes(w_lax, 0, 1), (2, 3)).copy()
         kw = dict(stride=(3, 2), padding=((2, 2), (1, 1)), layout="channels_first")
 
@@ -577,7 +575,7 @@ def test_issue_case_gradient_exits_cleanly():
         rules = [{}] + [dict(forward=f, dw=f) for f in ("xla", "shifted", "im2col", "banded")]
         out = []
         for forced in rules:
-            with _algorithms.use(**forced):
+            with jaxconv.use(**forced):
                 y = jax.jit(lambda x, w: jaxconv.conv_transpose(x, w, **kw))(x, w)
                 dw = jax.jit(jax.grad(loss, argnums=1))(x, w)
                 dx = jax.jit(jax.grad(loss, argnums=0))(x, w)
@@ -595,16 +593,15 @@ def test_issue_case_gradient_exits_cleanly():
 
 
 @pytest.mark.xfail(strict=True, reason="conv.py's dX formulation 'xla' is the lhs-dilated "
-                   "convolution that jaxlib 0.10.2 aborts on (jaxconv.ops._algorithms.dx_xla)")
+                   "convolution that jaxlib 0.10.2 aborts on (the xla dx formulation)")
 def test_issue_case_under_the_xla_policy():
     """Under the "xla" policy the forward of conv_transpose (conv_dx by one XLA convolution with
     lhs_dilation) is the aborting call itself. Strict xfail: when dx_xla stops emitting that
     pattern on CPU, this passes, fails as XPASS, and the mark is to be removed."""
     res = _run("""
         import jaxconv
-        from jaxconv.ops import _algorithms
         w = np.flip(np.swapaxes(w_lax, 0, 1), (2, 3)).copy()
-        with _algorithms.policy("xla"):
+        with jaxconv.policy("xla"):
             jaxconv.conv_transpose(x, w, stride=(3, 2), padding=((2, 2), (1, 1)),
                                    layout="channels_first").block_until_ready()
     """)
@@ -626,7 +623,7 @@ def test_rules_never_dilate_the_input(policy, case, seed):
     def f(*a):
         return jaxconv.conv_transpose(*a, **dict(case.static))
 
-    with _algorithms.policy(policy):
+    with jaxconv.policy(policy):
         y, pullback = jax.vjp(f, *args)
         backward = dilations(jax.make_jaxpr(pullback)(jnp.ones_like(y)))
         forward = dilations(jax.make_jaxpr(f)(*args))

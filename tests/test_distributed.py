@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import jaxconv
-from jaxconv import data, distributed, train
+from jaxconv import data, distributed, models, train
 
 
 def test_four_host_devices_are_there():
@@ -40,7 +42,7 @@ def test_an_epoch_on_four_devices_matches_one_device(digits, grads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(one.step_losses[grads], four.step_losses[grads], rtol=1e-5)
     # The epoch really moved the parameters (so that equality above means something).
-    init = train._init("cnn1d", digits.input_shape, digits.num_classes)(jax.random.PRNGKey(0))
+    init = models.get("cnn1d").init(jax.random.key(0), digits.input_shape, digits.num_classes)
     assert max(float(np.max(np.abs(np.asarray(a) - b))) for a, b in zip(
         jax.tree.leaves(init), jax.tree.leaves(one.params[grads]), strict=True)) > 1e-3
 
@@ -162,3 +164,67 @@ def test_two_processes_over_loopback_match_one_process(tmp_path):
     assert two["steps"] == one["steps"]
     assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=2e-3)
     assert two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-5)
+
+
+def _two_processes(base, out, port, env, *extra):
+    return [subprocess.Popen([*base, "--out", str(out), "--coordinator", f"127.0.0.1:{port}",
+                              "--num-processes", "2", "--process-id", str(i), *extra],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+
+
+def _wait_ok(procs, timeout=300):
+    for p in procs:
+        _, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err
+
+
+@pytest.mark.slow
+def test_two_processes_killed_with_sigkill_resume_to_an_uninterrupted_run(tmp_path):
+    """Both processes of a loopback run killed with SIGKILL after epoch 1's checkpoint, then
+    restarted with --resume: the same steps, final loss, accuracies and per-epoch records as an
+    uninterrupted two-process run, and the resumed run really continued (epoch 1's record,
+    its seconds included, is the one written before the kill)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAXCONV_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("XLA_FLAGS", None)  # one device per process
+    base = [sys.executable, "-m", "jaxconv", "train", "--dataset", "digits", "--model", "mlp",
+            "--epochs", "3", "--batch-size", "32", "--seed", "2", "--quiet"]
+    steps_per_epoch = 1437 // 32
+    full_out, killed_out = tmp_path / "full", tmp_path / "killed"
+    full = _two_processes(base, full_out, _free_port(), env)
+    victims = _two_processes(base, killed_out, _free_port(), env)
+    try:
+        deadline = time.monotonic() + 240
+        metrics = killed_out / "metrics.jsonl"
+        while not metrics.is_file():  # written right after epoch 1's checkpoint
+            assert all(p.poll() is None for p in victims), victims[0].communicate()
+            assert time.monotonic() < deadline, "no checkpoint after epoch 1 within 240 s"
+            time.sleep(0.02)
+        before_kill = metrics.read_text().splitlines()[0]
+        for p in victims:
+            p.send_signal(signal.SIGKILL)
+        assert [p.wait(timeout=60) for p in victims] == [-signal.SIGKILL] * 2
+    finally:
+        for p in victims:
+            if p.poll() is None:
+                p.kill()
+    assert not (killed_out / "summary.json").exists()
+    steps = sorted(int(p.name) for p in (killed_out / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    assert steps and max(steps) < 3 * steps_per_epoch
+
+    _wait_ok(_two_processes(base, killed_out, _free_port(), env, "--resume"))
+    _wait_ok(full)
+    a = json.loads((full_out / "summary.json").read_text())
+    b = json.loads((killed_out / "summary.json").read_text())
+    assert (b["devices"], b["processes"]) == (2, 2)
+    for key in ("steps", "epochs", "final_loss", "train_accuracy", "test_accuracy", "test_loss"):
+        assert a[key] == b[key], key
+    assert a["steps"] == 3 * steps_per_epoch
+    assert metrics.read_text().splitlines()[0] == before_kill
+
+    def records(out):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    assert records(full_out) == records(killed_out)

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jaxconv
-from jaxconv import models
+from jaxconv import models, recipes
+from jaxconv.rosenblatt import rosenblatt
 
 SHAPES = ((40, 1), (8, 8, 1), (28, 28, 1))  # MNIST-1D, digits, MNIST
 PAIRS = [(name, shape) for name in models.MODELS for shape in SHAPES]
@@ -33,7 +33,7 @@ def _perturbed(params, key, scale=0.1):
 
 def _loss(params, x, y, *, apply, grads):
     logits = apply(params, x, grads=grads)
-    return jaxconv.ops(grads).softmax_cross_entropy(logits, y)
+    return jnp.mean(models.ops_for(grads).softmax_cross_entropy_with_integer_labels(logits, y))
 
 
 # --------------------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ def test_registry_matches_models():
         model = models.get(name)
         assert isinstance(model, models.Model)
         assert model.name == name
-        assert set(models.DEFAULTS[name]) >= {"optimizer", "lr", "schedule", "epochs",
+        assert set(recipes.RECIPES[name]) >= {"optimizer", "lr", "schedule", "epochs",
                                               "batch_size"}
 
 
@@ -156,7 +156,8 @@ def test_manual_and_autodiff_agree(pair):
 
     def loss_and_logits(params, x, grads):
         logits = model.apply(params, x, grads=grads)
-        return jaxconv.ops(grads).softmax_cross_entropy(logits, y), logits
+        loss = models.ops_for(grads).softmax_cross_entropy_with_integer_labels(logits, y)
+        return jnp.mean(loss), logits
 
     @jax.jit
     def both(key):  # one compilation for the whole check
@@ -198,7 +199,8 @@ def test_unknown_hyperparameter():
 def test_bad_grads():
     model = models.get("perceptron")
     params = _abstract(model, (40, 1), 10)
-    with pytest.raises(ValueError, match="grads must be 'manual' or 'autodiff'"):
+    with pytest.raises(ValueError, match=r"grads must be one of \('manual', 'autodiff'\)"
+        r", got 'numeric'"):
         model.apply(params, jnp.ones((2, 40, 1)), grads="numeric")
 
 
@@ -234,9 +236,10 @@ def test_apply_rejects_x_of_another_shape(name):
 
 
 def test_bad_hyperparameters():
-    with pytest.raises(ValueError, match="pool must be 'max' or 'avg'"):
+    with pytest.raises(ValueError, match=r"pool must be one of \('max', 'avg'\), got 'sum'"):
         models.get("tcn1d", pool="sum")
-    with pytest.raises(ValueError, match="activation must be 'relu' or 'tanh'"):
+    with pytest.raises(ValueError, match=r"activation must be one of \('relu', 'tanh'\)"
+        r", got 'gelu'"):
         models.get("lenet5", activation="gelu")
     with pytest.raises(ValueError, match="channels must hold 2 widths"):
         models.get("lenet5", channels=(6, 16, 32))
@@ -263,7 +266,7 @@ def _separable(key, n=200, d=3, margin=0.2):
 def test_rosenblatt_converges_on_separable_data():
     x, y = _separable(jax.random.key(0))
     assert len(y) == 200 and set(np.unique(y)) == {-1, 1}
-    w, b, epochs, converged = models.rosenblatt(x, y, max_epochs=1000)
+    w, b, epochs, converged = rosenblatt(x, y, max_epochs=1000)
     assert converged
     assert 1 <= epochs < 1000
     assert w.shape == (3,) and b.shape == ()
@@ -272,8 +275,8 @@ def test_rosenblatt_converges_on_separable_data():
 
 def test_rosenblatt_reads_zero_one_labels():
     x, y = _separable(jax.random.key(1))
-    w_pm, b_pm, epochs_pm, _ = models.rosenblatt(x, y)
-    w01, b01, epochs01, converged = models.rosenblatt(x, (y + 1) // 2)
+    w_pm, b_pm, epochs_pm, _ = rosenblatt(x, y)
+    w01, b01, epochs01, converged = rosenblatt(x, (y + 1) // 2)
     assert converged and epochs01 == epochs_pm
     np.testing.assert_array_equal(w01, w_pm)
     assert float(b01) == float(b_pm)
@@ -283,7 +286,7 @@ def test_rosenblatt_reports_non_separable_data():
     # XOR, the lecture-era counterexample: no line separates it.
     x = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0]] * 5)
     y = np.array([-1, -1, 1, 1] * 5)
-    w, b, epochs, converged = models.rosenblatt(x, y, max_epochs=50)
+    w, b, epochs, converged = rosenblatt(x, y, max_epochs=50)
     assert not converged
     assert epochs == 50
     assert np.any(np.sign(x @ np.asarray(w) + float(b)) != y)
@@ -292,10 +295,10 @@ def test_rosenblatt_reports_non_separable_data():
 def test_rosenblatt_errors():
     x = np.zeros((4, 2))
     with pytest.raises(ValueError, match=r"y must hold labels in \{-1, \+1\} or \{0, 1\}"):
-        models.rosenblatt(x, np.array([0, 1, 2, 1]))
+        rosenblatt(x, np.array([0, 1, 2, 1]))
     with pytest.raises(ValueError, match=r"y must have shape \(N,\) = \(4,\)"):
-        models.rosenblatt(x, np.array([1, -1]))
+        rosenblatt(x, np.array([1, -1]))
     with pytest.raises(ValueError, match=r"x must have shape \(N, D\)"):
-        models.rosenblatt(np.zeros(4), np.array([1, -1, 1, -1]))
+        rosenblatt(np.zeros(4), np.array([1, -1, 1, -1]))
     with pytest.raises(ValueError, match="max_epochs must be a positive int"):
-        models.rosenblatt(x, np.array([1, -1, 1, -1]), max_epochs=0)
+        rosenblatt(x, np.array([1, -1, 1, -1]), max_epochs=0)

@@ -10,13 +10,13 @@ import optax
 import pytest
 
 import jaxconv
-from jaxconv import data, models, train
+from jaxconv import data, models, recipes, train
 from jaxconv.train import TrainConfig, fit
 
 SUMMARY_KEYS = {
     "test_accuracy", "test_loss", "final_loss", "train_accuracy", "train_seconds",
     "compile_seconds", "steps", "epochs", "grads", "model", "dataset", "seed", "optimizer", "lr",
-    "batch_size", "schedule", "weight_decay", "momentum", "devices", "processes",
+    "batch_size", "schedule", "weight_decay", "momentum", "devices", "processes", "dtype",
 }
 RECORD_KEYS = {"epoch", "step", "grads", "train_loss", "train_accuracy", "test_loss",
                "test_accuracy", "seconds"}
@@ -116,9 +116,11 @@ def test_adamw_decays_weights_and_adam_does_not():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(name="rmsprop", lr=0.1), "optimizer must be one of adam, adamw, sgd; got 'rmsprop'"),
+    (dict(name="rmsprop", lr=0.1), r"optimizer must be one of \('adam', 'adamw', 'sgd'\)"
+        r", got 'rmsprop'"),
     (dict(name="adam", lr=0.0), "lr must be a positive finite number, got 0.0"),
-    (dict(name="adam", lr=0.1, schedule="linear"), "schedule must be one of cosine, constant"),
+    (dict(name="adam", lr=0.1, schedule="linear"),
+     r"schedule must be one of \('cosine', 'constant'\), got 'linear'"),
 ])
 def test_make_optimizer_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -132,16 +134,19 @@ def test_resolved_takes_the_models_defaults_then_the_fallbacks():
     resolved = TrainConfig(model="cnn1d").resolved()
     for key in ("optimizer", "lr", "epochs", "batch_size", "schedule", "weight_decay",
                 "momentum"):
-        expected = getattr(models, "DEFAULTS", {}).get("cnn1d", {}).get(
-            key, train.FALLBACK_DEFAULTS[key])
+        expected = recipes.RECIPES["cnn1d"].get(key, recipes.FALLBACK[key])
         assert getattr(resolved, key) == expected
     assert TrainConfig(model="cnn1d", lr=0.123, epochs=7).resolved().lr == 0.123
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(dataset="cifar"), ValueError, "dataset must be one of mnist1d, digits, mnist; got"),
-    (dict(model="resnet"), ValueError, "model must be one of perceptron, mlp"),
-    (dict(grads="numeric"), ValueError, "grads must be one of manual, autodiff"),
+    (dict(dataset="cifar"), ValueError, r"dataset must be one of \('mnist1d', 'digits', 'mnist'\)"
+        r", got 'cifar'"),
+    (dict(model="resnet"), ValueError, r"model must be one of \('perceptron', 'mlp'"),
+    (dict(grads="numeric"), ValueError, r"grads must be one of \('manual', 'autodiff'\)"
+        r", got 'numeric'"),
+    (dict(dtype="bfloat16"), ValueError, r"dtype must be one of \('float32', 'float64'\)"
+        r", got 'bfloat16'"),
     (dict(optimizer="lbfgs"), ValueError, "optimizer must be one of"),
     (dict(lr=0.0), ValueError, "lr must be a positive finite number, got 0.0"),
     (dict(lr=-1e-3), ValueError, "lr must be a positive"),
@@ -150,8 +155,9 @@ def test_resolved_takes_the_models_defaults_then_the_fallbacks():
     (dict(epochs=2.5), TypeError, "epochs must be a positive int"),
     (dict(batch_size=-4), ValueError, "batch_size must be a positive int, got -4"),
     (dict(momentum=1.0), ValueError, r"momentum must be in \[0, 1\), got 1.0"),
-    (dict(weight_decay=-1.0), ValueError, "weight_decay must be non-negative"),
-    (dict(seed=-1), ValueError, "seed must be non-negative"),
+    (dict(weight_decay=-1.0), ValueError, "weight_decay must be a non-negative finite number"
+        ", got -1.0"),
+    (dict(seed=-1), ValueError, "seed must be a non-negative int, got -1"),
     (dict(resume=True), ValueError, "resume needs out"),
 ])
 def test_bad_configurations_are_rejected_naming_the_field(kwargs, error, match):
@@ -176,12 +182,13 @@ def test_config_and_dataset_must_agree(digits):
 def test_scanned_epoch_equals_a_loop_of_train_steps(digits):
     model = models.get("mlp")
     opt = train.make_optimizer("adam", 1e-2, total_steps=8)
-    params = model.init(jax.random.PRNGKey(0), digits.input_shape, 10)
+    params = model.init(jax.random.key(0), digits.input_shape, 10)
     x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
     batches = jnp.asarray(data.epoch_batches(0, 0, len(y), 32))
 
     epoch = train.make_epoch(model.apply, opt, "manual")
-    p_scan, s_scan, losses, accs = epoch(params, opt.init(params), x, y, batches)
+    p_scan, s_scan, per_step = epoch(params, opt.init(params), x, y, batches)
+    losses, accs = per_step["loss"], per_step["accuracy"]
     assert losses.shape == accs.shape == (8,)
 
     step = jax.jit(lambda p, s, xb, yb: train.train_step(p, s, xb, yb, apply=model.apply,
@@ -198,9 +205,10 @@ def test_scanned_epoch_equals_a_loop_of_train_steps(digits):
 
 def test_evaluate_matches_the_loss_and_accuracy_of_the_whole_split(digits):
     model = models.get("mlp")
-    params = model.init(jax.random.PRNGKey(1), digits.input_shape, 10)
+    params = model.init(jax.random.key(1), digits.input_shape, 10)
     logits = model.apply(params, jnp.asarray(digits.x_test))
-    expected_loss = float(jaxconv.softmax_cross_entropy(logits, jnp.asarray(digits.y_test)))
+    expected_loss = float(jnp.mean(jaxconv.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.asarray(digits.y_test))))
     expected_acc = float(np.mean(np.argmax(logits, -1) == digits.y_test))
     for chunk in (7, 100, 1000):  # uneven chunks, one chunk, a chunk larger than the split
         loss, acc = train.evaluate(params, digits.x_test, digits.y_test, apply=model.apply,
@@ -300,6 +308,79 @@ def test_compare_variants_start_from_the_same_parameters(digits):
     """After zero epochs' worth of difference, the same init: compare the first step's loss."""
     result = fit(_config(model="mlp", compare=True, epochs=3), digits)
     assert result.step_losses["manual"][0] == result.step_losses["autodiff"][0]
+
+
+def test_compare_measures_both_gradients_at_every_step(digits):
+    """Every step of the compare run gets a gradient agreement, at float32 rounding; the summary
+    and each epoch's record hold its largest value."""
+    result = fit(_config(model="mlp", compare=True, epochs=2), digits)
+    g, c = result.grad_rel_diffs, result.summary["compare"]
+    assert g.shape == (result.summary["steps"],) == (16,)
+    assert np.all(np.isfinite(g)) and np.all(g >= 0) and g.max() < 1e-5
+    assert c["max_grad_rel_diff"] == g.max() and c["grad_rel_diff_every"] == 1
+    assert [r["compare"]["max_grad_rel_diff"] for r in result.history] == [g[:8].max(),
+                                                                            g[8:].max()]
+    assert [r["compare"]["param_diff"] for r in result.history][-1] == c["max_param_diff"]
+    assert fit(_config(model="mlp", epochs=1), digits).grad_rel_diffs is None
+
+
+def test_grad_rel_diff_sees_a_wrong_rule(digits):
+    """A rule that scales dw by 1.5 (same forward) is 1/3 away relative to its own scale; the
+    right rules are at rounding."""
+    model = models.get("perceptron")
+    params = model.init(jax.random.key(0), digits.input_shape, 10)
+    x, y = jnp.asarray(digits.x_train[:32]), jnp.asarray(digits.y_train[:32])
+
+    def wrong(params, x, *, grads):
+        if grads == "manual":
+            w = params["dense"]["w"]
+            params = {"dense": {"w": 1.5 * w - 0.5 * jax.lax.stop_gradient(w),
+                                "b": params["dense"]["b"]}}
+        return model.apply(params, x, grads="autodiff")
+
+    assert float(train.grad_rel_diff(params, x, y, apply=model.apply)) < 1e-6
+    assert float(train.grad_rel_diff(params, x, y, apply=wrong)) == pytest.approx(1 / 3,
+                                                                                  rel=1e-4)
+
+
+def test_float64_run_keeps_everything_in_float64(digits, tmp_path):
+    """Data, parameters, optimizer state and the rules in float64: the two modes' gradients agree
+    to float64 rounding and the trajectories stay together; a float32 run afterwards is float32."""
+    out = tmp_path / "f64"
+    result = fit(_config(model="mlp", compare=True, epochs=2, dtype="float64", out=str(out)),
+                 digits)
+    s, c = result.summary, result.summary["compare"]
+    assert s["dtype"] == "float64"
+    assert json.loads((out / "summary.json").read_text())["dtype"] == "float64"
+    for g in ("manual", "autodiff"):
+        assert all(leaf.dtype == np.float64 for leaf in jax.tree.leaves(result.params[g]))
+    assert c["max_grad_rel_diff"] < 1e-13
+    assert c["max_loss_diff"] <= 1e-12 and c["max_param_diff"] <= 1e-12
+    # The optimizer's state was float64 too: its checkpoint holds only float64 (and int) arrays.
+    from jaxconv.checkpoint import Checkpoints
+
+    with jax.enable_x64(True), Checkpoints(out / "checkpoints") as ck:
+        state = ck.restore_latest(target=jax.tree.map(
+            lambda a: np.zeros(a.shape, a.dtype), _float64_state(result))).state
+    kinds = {np.asarray(leaf).dtype for leaf in jax.tree.leaves(state)}
+    assert kinds <= {np.dtype(np.float64), np.dtype(np.int32), np.dtype(np.int64)}
+    assert np.dtype(np.float64) in kinds
+    f32 = fit(_config(model="mlp", epochs=2), digits)
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(f32.params["manual"]))
+    assert f32.step_losses["manual"][0] == pytest.approx(result.step_losses["manual"][0],
+                                                         rel=1e-6)
+    assert not np.array_equal(f32.step_losses["manual"], result.step_losses["manual"])
+
+
+def _float64_state(result):
+    """The structure of a float64 mlp run's checkpointed state (params and adam's state)."""
+    c = result.config
+    opt = train.make_optimizer(c.optimizer, c.lr, total_steps=c.epochs * 8, schedule=c.schedule,
+                               weight_decay=c.weight_decay, momentum=c.momentum)
+    params = result.params["manual"]
+    with jax.enable_x64(True):
+        state = {"params": params, "opt_state": opt.init(params)}
+    return {g: state for g in ("manual", "autodiff")}
 
 
 # --- checkpoints and resume ----------------------------------------------------------------

@@ -1,7 +1,7 @@
 """``jaxconv train``: train a model with the lecture's gradients (or JAX's) and report.
 
 With no arguments: cnn1d on MNIST-1D with manual gradients and the model's default recipe
-(``jaxconv.models.DEFAULTS``). The command parses, calls :func:`jaxconv.train.fit` and prints; a
+(``jaxconv.recipes``). The command parses, calls :func:`jaxconv.train.fit` and prints; a
 progress bar (rich, on stderr) shows each epoch's loss and accuracies, and one line on stdout gives
 the result. ``--quiet`` prints nothing but errors and warnings. Without ``--out`` nothing is
 written to disk; with ``--out DIR`` see :mod:`jaxconv.train` for the files.
@@ -22,7 +22,7 @@ a checkpoint per epoch, and --resume continues from the newest checkpoint there.
 
 
 def register(subparsers) -> None:
-    from jaxconv import data, models, train
+    from jaxconv import data, models, recipes, train
 
     p = subparsers.add_parser(
         "train", help="train a model (default: cnn1d on MNIST-1D, manual gradients)",
@@ -35,6 +35,9 @@ def register(subparsers) -> None:
                    help="the model (default: cnn1d)")
     p.add_argument("--grads", default="manual", metavar="{" + ",".join(train.GRADS) + "}",
                    help="gradients from the lecture's rules (manual) or from jax.grad (autodiff)")
+    p.add_argument("--dtype", default="float32", metavar="{" + ",".join(train.DTYPES) + "}",
+                   help="dtype of data, parameters, optimizer state and every rule; float64 "
+                   "turns on x64 (default: float32)")
     p.add_argument("--optimizer", metavar="{" + ",".join(train.OPTIMIZERS) + "}",
                    help="the optax optimizer (sgd has momentum; default: the model's)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the model's)")
@@ -43,7 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--weight-decay", type=non_negative_float,
                    help="adamw's weight decay (default: the model's)")
     p.add_argument("--momentum", type=non_negative_float,
-                   help=f"sgd's momentum (default: {train.FALLBACK_DEFAULTS['momentum']})")
+                   help=f"sgd's momentum (default: {recipes.FALLBACK['momentum']})")
     p.add_argument("--epochs", type=positive_int, help="epochs (default: the model's)")
     p.add_argument("--batch-size", type=positive_int,
                    help="examples per step; the last partial batch of an epoch is dropped "
@@ -56,7 +59,8 @@ def register(subparsers) -> None:
                    help="continue the run in --out from its newest checkpoint")
     p.add_argument("--compare", action="store_true",
                    help="also train the other gradient mode from the same initial parameters on "
-                   "the same batches, and report the differences")
+                   "the same batches, and report the differences (with both gradients at the same "
+                   "parameters and batch at every step)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     dist = p.add_argument_group(
         "data parallelism", "the batch is split over devices along the mesh axis 'data'; with "
@@ -82,16 +86,17 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.quiet or jax.process_index() > 0  # one process reports
 
     config = TrainConfig(
-        dataset=args.dataset, model=args.model, grads=args.grads, optimizer=args.optimizer,
+        dataset=args.dataset, model=args.model, grads=args.grads, dtype=args.dtype,
+        optimizer=args.optimizer,
         lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, schedule=args.schedule,
         weight_decay=args.weight_decay, momentum=args.momentum, seed=args.seed,
         data_dir=args.data_dir, out=args.out, resume=args.resume, compare=args.compare,
-        devices=args.devices, quiet=quiet,
+        devices=args.devices,
     ).resolved()
     dataset = data.load(config.dataset, data_dir=config.data_dir)
-    with _Reporter(quiet=config.quiet) as reporter:
+    with _Reporter(quiet=quiet) as reporter:
         result = fit(config, dataset, callback=reporter)
-    if not config.quiet:
+    if not quiet:
         print(_result_line(result.summary))
         if config.compare:
             print(_compare_line(result.summary["compare"]))
@@ -101,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _result_line(s: dict) -> str:
-    return (f"{s['model']} on {s['dataset']} ({s['grads']} gradients, seed {s['seed']}): "
+    return (f"{s['model']} on {s['dataset']} ({s['grads']} gradients, {s['dtype']}, seed "
+            f"{s['seed']}): "
             f"test accuracy {100 * s['test_accuracy']:.2f}%, final loss {s['final_loss']:.4f}, "
             f"{s['steps']} steps in {s['train_seconds']:.1f} s (+{s['compile_seconds']:.1f} s "
             f"compiling) on {s['devices']} device{'s' if s['devices'] > 1 else ''}"
@@ -111,7 +117,8 @@ def _result_line(s: dict) -> str:
 def _compare_line(c: dict) -> str:
     a, b = c["grads"]
     return (f"{a} vs {b}: max |loss difference| {c['max_loss_diff']:.3g}, max |parameter "
-            f"difference| {c['max_param_diff']:.3g}; test accuracy "
+            f"difference| {c['max_param_diff']:.3g}, max gradient difference at the same "
+            f"parameters {c['max_grad_rel_diff']:.3g} (relative, every step); test accuracy "
             f"{100 * c['test_accuracy'][a]:.2f}% vs {100 * c['test_accuracy'][b]:.2f}%; "
             f"train seconds {c['train_seconds'][a]:.1f} vs {c['train_seconds'][b]:.1f}")
 
