@@ -1,8 +1,8 @@
 """Independent references: the lecture's definitions written as direct numpy loops.
 
-Nothing here imports jaxconv. Each function takes *explicit* ``(low, high)`` pads (the caller
-resolves a padding string itself) and channels-last arrays, and computes the forward and the
-vector-Jacobian product from the definitions alone, one kernel or window offset at a time:
+Nothing here imports jaxconv. The loops take *explicit* ``(low, high)`` pads and channels-last
+arrays and compute the forward and the vector-Jacobian product from the definitions alone, one
+kernel or window offset at a time:
 
     conv:      y[n, o, :] = b + Σ_k x_pad[n, o·s + k·d, :] · w[k]      (per group)
     max_pool:  y[n, o, c] = max_{k∈W} x_pad[n, o·s + k, c]             (x padded with −∞)
@@ -11,13 +11,20 @@ vector-Jacobian product from the definitions alone, one kernel or window offset 
 and their pullbacks (dx, dw, db from a given dy). They are what the library's forwards and rules
 are checked against where ``lax`` has no equivalent (the FULL padding) and, for the pools, in
 addition to ``lax.reduce_window``. Everything is computed in float64.
+
+:func:`resolve_padding` turns a padding argument into pairs ("FULL" by its definition, "SAME" and
+"VALID" by lax's own ``padtype_to_pads``), :func:`conv_call` / :func:`pool_call` take the ops'
+public arguments (layouts included), and :data:`FORWARD` maps every op name to its reference
+forward, stable numpy formulas for the elementwise ops and the losses.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
+from jax import lax
 
 
 def _out_size(padded: int, window: int, stride: int) -> int:
@@ -122,3 +129,161 @@ def pool(kind, x, window, stride, pads, dy=None):
     crop = (slice(None), *(slice(lo, lo + m) for (lo, _), m in zip(pads, x.shape[1:-1],
                                                                    strict=True)), slice(None))
     return y, dx_pad[crop]
+
+
+# --------------------------------------------------------------------------------------------
+# The ops' public arguments.
+# --------------------------------------------------------------------------------------------
+
+
+def per_dim(value, nd: int) -> tuple[int, ...]:
+    """An int or a sequence, as an nd-tuple."""
+    return (int(value),) * nd if np.ndim(value) == 0 else tuple(int(v) for v in value)
+
+
+def resolve_padding(padding, in_size, window, stride) -> list[tuple[int, int]]:
+    """Explicit pairs: "FULL" by its definition (window − 1 on each side), "SAME" / "VALID"
+    as lax resolves them (``lax.padtype_to_pads``), an int on every side, pairs as given.
+    ``window`` is the effective (dilated) window."""
+    if isinstance(padding, str):
+        if padding.upper() == "FULL":
+            return [(k - 1, k - 1) for k in window]
+        return [tuple(p) for p in lax.padtype_to_pads(in_size, window, stride, padding.upper())]
+    if np.ndim(padding) == 0:
+        return [(int(padding), int(padding))] * len(in_size)
+    return [(int(lo), int(hi)) for lo, hi in padding]
+
+
+def conv_call(x, w, b=None, dy=None, *, stride=1, padding="VALID", dilation=1, groups=1,
+              layout="channels_last"):
+    """:func:`conv` (and, given ``dy``, :func:`conv_vjp`) with jaxconv.conv's arguments, in the
+    caller's layout. Returns ``y`` or ``(y, (dx, dw, db))``."""
+    nd = np.ndim(x) - 2
+    first = layout == "channels_first"
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    if first:  # to channels-last: (N, *S, C) and (*K, I, O)
+        x, w = np.moveaxis(x, 1, -1), np.transpose(w, (*range(2, nd + 2), 1, 0))
+        dy = None if dy is None else np.moveaxis(np.asarray(dy, np.float64), 1, -1)
+    stride, dilation = per_dim(stride, nd), per_dim(dilation, nd)
+    window = [d * (k - 1) + 1 for k, d in zip(w.shape[:nd], dilation, strict=True)]
+    pads = resolve_padding(padding, x.shape[1:-1], window, stride)
+    y = conv(x, w, b, stride, pads, dilation, groups)
+    if dy is None:
+        return np.moveaxis(y, -1, 1) if first else y
+    dx, dw, db = conv_vjp(x, w, dy, stride, pads, dilation, groups)
+    if first:
+        y, dx = np.moveaxis(y, -1, 1), np.moveaxis(dx, -1, 1)
+        dw = np.transpose(dw, (nd + 1, nd, *range(nd)))
+    return y, (dx, dw, db)
+
+
+def pool_call(kind, x, window, stride=None, padding="VALID", dy=None, layout="channels_last"):
+    """:func:`pool` with jaxconv's pooling arguments, in the caller's layout."""
+    nd = np.ndim(x) - 2
+    first = layout == "channels_first"
+    x = np.moveaxis(np.asarray(x, np.float64), 1, -1) if first else np.asarray(x, np.float64)
+    window = per_dim(window, nd)
+    stride = window if stride is None else per_dim(stride, nd)
+    pads = resolve_padding(padding, x.shape[1:-1], window, stride)
+    if dy is not None and first:
+        dy = np.moveaxis(np.asarray(dy, np.float64), 1, -1)
+    out = pool(kind, x, window, stride, pads, dy)
+    if not first:
+        return out
+    if dy is None:
+        return np.moveaxis(out, -1, 1)
+    return np.moveaxis(out[0], -1, 1), np.moveaxis(out[1], -1, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Elementwise ops and losses, stable in float64.
+# --------------------------------------------------------------------------------------------
+
+
+def sigmoid(x):
+    """1/(1 + e^{−x}) without overflow: e^{−|x|} <= 1 on both branches."""
+    x = np.asarray(x, np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def softplus(x):
+    """log(1 + eˣ) = max(x, 0) + log1p(e^{−|x|})."""
+    x = np.asarray(x, np.float64)
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def sech2(x):
+    """tanh′ = 1 − tanh² = 4e^{−2|x|}/(1 + e^{−2|x|})²."""
+    e = np.exp(-2 * np.abs(np.asarray(x, np.float64)))
+    return 4 * e / (1 + e) ** 2
+
+
+def softmax_cross_entropy(z, labels):
+    """(mean loss, dz): logsumexp with the maximum subtracted; dz = (softmax − onehot)/M."""
+    z = np.asarray(z, np.float64)
+    labels = np.asarray(labels)
+    m = z.max(axis=-1, keepdims=True)
+    e = np.exp(z - m)
+    total = e.sum(axis=-1, keepdims=True)
+    picked = np.take_along_axis(z, labels[..., None], axis=-1)
+    loss = float(np.mean((m - picked) + np.log(total)))
+    onehot = np.eye(z.shape[-1])[labels]
+    return loss, (e / total - onehot) / max(labels.size, 1)
+
+
+def _f64(a):
+    return np.asarray(a, np.float64)
+
+
+FORWARD = {
+    "conv": lambda x, w, b=None, **kw: conv_call(x, w, b, **kw),
+    "max_pool": lambda x, window, **kw: pool_call("max", x, window, **kw),
+    "avg_pool": lambda x, window, **kw: pool_call("avg", x, window, **kw),
+    "dense": lambda x, w, b=None: _f64(x) @ _f64(w) + (0.0 if b is None else _f64(b)),
+    "relu": lambda x: np.maximum(_f64(x), 0),
+    "leaky_relu": lambda x, negative_slope=0.01: np.where(_f64(x) > 0, _f64(x),
+                                                          negative_slope * _f64(x)),
+    "sigmoid": sigmoid,
+    "tanh": lambda x: np.tanh(_f64(x)),
+    "softplus": softplus,
+    "softmax_cross_entropy": lambda z, labels: softmax_cross_entropy(z, labels)[0],
+    "mse": lambda p, q: float(np.mean((_f64(p) - _f64(q)) ** 2)),
+}
+FORWARD["softmax_cross_entropy_with_integer_labels"] = FORWARD["softmax_cross_entropy"]
+
+
+# --------------------------------------------------------------------------------------------
+# lax, called in its own terms (padding strings, dimension numbers).
+# --------------------------------------------------------------------------------------------
+
+
+def lax_dimension_numbers(layout: str, nd: int) -> tuple[str, str, str]:
+    """lax's names for the layouts: NWC/WIO, NHWC/HWIO, NDHWC/DHWIO; NCW/OIW, NCHW/OIHW, ..."""
+    sp = "DHW"[3 - nd:]
+    if layout == "channels_first":
+        return f"NC{sp}", f"OI{sp}", f"NC{sp}"
+    return f"N{sp}C", f"{sp}IO", f"N{sp}C"
+
+
+def lax_conv(x, w, b=None, *, stride, padding, dilation, groups, layout):
+    """The convolution as lax computes it, in the case's own layout."""
+    nd = x.ndim - 2
+    y = lax.conv_general_dilated(
+        x, w, window_strides=stride, padding=padding, rhs_dilation=dilation,
+        dimension_numbers=lax_dimension_numbers(layout, nd), feature_group_count=groups,
+    )
+    if b is None:
+        return y
+    return y + (b.reshape(-1, *(1,) * nd) if layout == "channels_first" else b)
+
+
+def lax_pool(kind, x, *, window, stride, padding):
+    """Pooling as lax computes it, channels-last: reduce_window with lax's own padding; the
+    average divides by the whole window, padded positions included."""
+    dims, strides = (1, *window, 1), (1, *stride, 1)
+    if not isinstance(padding, str):
+        padding = [(0, 0), *padding, (0, 0)]
+    if kind == "max":
+        return lax.reduce_window(x, -np.inf, lax.max, dims, strides, padding)
+    return lax.reduce_window(x, 0.0, lax.add, dims, strides, padding) / math.prod(window)

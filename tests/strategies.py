@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import references
 from hypothesis import strategies as st
 from jax.extend import core as jex_core
 
@@ -162,9 +163,11 @@ def check_manual_equals_autodiff(
     name: str, static: tuple, args: tuple, const: tuple = (), *, seed: int, rtol=None,
     policy=None, max_slope=None,
 ) -> None:
-    """The forward outputs and the pulled-back gradients of the two modes agree to ``rtol``
-    (default: the issue's tolerance for the inputs' dtype), and each gradient keeps its input's
-    dtype and shape.
+    """The pulled-back gradients of the two modes agree to ``rtol`` (default: the issue's
+    tolerance for the inputs' dtype), each gradient keeps its input's dtype and shape, and the
+    forward output equals the independent float64 reference of :data:`references.FORWARD`
+    (numpy loops, lax's own padding resolution): the two modes share their forward code, so
+    comparing their outputs with each other could not fail.
 
     The error is measured relative to the gradient's scale, max |grad|. For an op whose
     gradient is bounded entrywise, ``max_slope`` (sup |∂y/∂x| per entry: sup |f′| for an
@@ -179,8 +182,9 @@ def check_manual_equals_autodiff(
     rtol = RTOL[dtype] if rtol is None else rtol
     dy = normal(seed + 1, output_shape(name, static, args, const), dtype)
     res = jax.device_get(vjp_both(name, static, args, const, dy, policy))
-    (y_m, g_m), (y_a, g_a) = res["manual"], res["autodiff"]
-    assert_scaled_close(y_m, y_a, rtol, f"{name} forward")
+    (y_m, g_m), (_, g_a) = res["manual"], res["autodiff"]
+    assert_scaled_close(y_m, references.FORWARD[name](*args, *const, **dict(static)), rtol,
+                        f"{name} forward against the reference")
     floor = 0.0 if max_slope is None else max_slope * float(np.max(np.abs(dy), initial=0.0))
     for i, (gm, ga, a) in enumerate(zip(g_m, g_a, args, strict=True)):
         assert gm.dtype == a.dtype, f"{name}: gradient {i} has dtype {gm.dtype}, input {a.dtype}"
@@ -430,3 +434,56 @@ def equations(closed_jaxpr) -> list:
 def primitive_names(closed_jaxpr) -> list[str]:
     """The names of the primitives of :func:`equations`."""
     return [eqn.primitive.name for eqn in equations(closed_jaxpr)]
+
+
+# --------------------------------------------------------------------------------------------
+# Which differentiation runs inside the hand-written rules.
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def watch_rules():
+    """Record, for code traced inside the block, every hand-written rule (a ``custom_vjp`` bwd,
+    run when JAX transposes the op's ``custom_lin``) and every entry into JAX's own
+    differentiation (a JVP or linearize trace, a backward pass) *while a rule runs*.
+
+    Yields a dict: ``rules`` (how many rules ran) and ``autodiff`` (the names of the autodiff
+    entry points seen inside them). A rule written as ``jax.vjp`` / ``jax.grad`` /
+    ``jax.linear_transpose`` of its forward shows up there; the lecture's rules do not.
+    Trace with ``jax.make_jaxpr`` (``jit`` may reuse a cached trace and run nothing).
+    """
+    from jax._src.interpreters import ad
+
+    log: dict = {"rules": 0, "autodiff": []}
+    depth = [0]
+    transpose = ad.primitive_transposes[ad.custom_lin_p]
+
+    def rule(*args, **kwargs):
+        log["rules"] += 1
+        depth[0] += 1
+        try:
+            return transpose(*args, **kwargs)
+        finally:
+            depth[0] -= 1
+
+    def spy(name, fn):
+        @functools.wraps(fn)
+        def entered(*args, **kwargs):
+            if depth[0]:
+                log["autodiff"].append(name)
+            return fn(*args, **kwargs)
+
+        return entered
+
+    spots = [(ad, "backward_pass"), (ad, "backward_pass3"), (ad.JVPTrace, "__init__"),
+             (ad.LinearizeTrace, "__init__")]
+    saved = [getattr(owner, attr) for owner, attr in spots]
+    ad.primitive_transposes[ad.custom_lin_p] = rule
+    for (owner, attr), fn in zip(spots, saved, strict=True):
+        setattr(owner, attr, spy(f"{getattr(owner, '__name__', owner)}.{attr}", fn))
+    try:
+        yield log
+    finally:
+        ad.primitive_transposes[ad.custom_lin_p] = transpose
+        for (owner, attr), fn in zip(spots, saved, strict=True):
+            setattr(owner, attr, fn)

@@ -14,7 +14,6 @@ forward, so none of them can see a wrong padding resolution or layout adapter; t
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import numpy as np
@@ -22,7 +21,6 @@ import references as R
 import strategies as S
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from jax import lax
 
 import jaxconv
 
@@ -53,14 +51,6 @@ def _assert_close(actual, expected, dtype, what):
         S.assert_scaled_close(g, ref, rtol, f"{what}: gradient of argument {i}")
 
 
-def _spatial(layout: str, shape) -> tuple[int, ...]:
-    return tuple(shape[2:] if layout == "channels_first" else shape[1:-1])
-
-
-def _per_dim(value, nd: int) -> tuple[int, ...]:
-    return (value,) * nd if isinstance(value, int) else tuple(value)
-
-
 def _lax_padding(padding, nd: int):
     """The padding in lax's own terms: its strings, or explicit pairs; None for "FULL"."""
     if isinstance(padding, str):
@@ -70,63 +60,17 @@ def _lax_padding(padding, nd: int):
     return [tuple(p) for p in padding]
 
 
-def _explicit_pads(padding, in_size, window, stride):
-    """Explicit pairs for the numpy references: "FULL" by its definition (window − 1 on each
-    side), "SAME"/"VALID" resolved by lax itself."""
-    nd = len(in_size)
-    if isinstance(padding, str) and padding.upper() == "FULL":
-        return [(k - 1, k - 1) for k in window]
-    lax_pads = _lax_padding(padding, nd)
-    if isinstance(lax_pads, str):
-        return [tuple(p) for p in lax.padtype_to_pads(in_size, window, stride, lax_pads)]
-    return lax_pads
-
-
 # --------------------------------------------------------------------------------------------
 # Convolution.
 # --------------------------------------------------------------------------------------------
 
 
-def lax_dimension_numbers(layout: str, nd: int) -> tuple[str, str, str]:
-    """lax's names for the layouts: NWC/WIO, NHWC/HWIO, NDHWC/DHWIO; NCW/OIW, NCHW/OIHW, ..."""
-    sp = "DHW"[3 - nd:]
-    if layout == "channels_first":
-        return f"NC{sp}", f"OI{sp}", f"NC{sp}"
-    return f"N{sp}C", f"{sp}IO", f"N{sp}C"
-
-
-def lax_conv(x, w, b=None, *, stride, padding, dilation, groups, layout):
-    """The convolution as lax computes it, in the case's own layout."""
-    nd = x.ndim - 2
-    y = lax.conv_general_dilated(
-        x, w, window_strides=stride, padding=padding, rhs_dilation=dilation,
-        dimension_numbers=lax_dimension_numbers(layout, nd), feature_group_count=groups,
-    )
-    if b is None:
-        return y
-    return y + (b.reshape(-1, *(1,) * nd) if layout == "channels_first" else b)
-
-
 def numpy_conv_vjp(case: S.ConvCase, args, dy):
     """(y, grads) by the numpy definitions, in the case's layout (float64)."""
-    nd = len(case.x_shape) - 2
-    first = case.layout == "channels_first"
-    x, w = (np.asarray(a, np.float64) for a in args[:2])
-    b = np.asarray(args[2], np.float64) if case.bias else None
-    dy = np.asarray(dy, np.float64)
-    if first:  # to the references' channels-last: (N, *S, C) and (*K, I, O)
-        x, dy = np.moveaxis(x, 1, -1), np.moveaxis(dy, 1, -1)
-        w = np.transpose(w, (*range(2, nd + 2), 1, 0))
-    stride, dilation = _per_dim(case.stride, nd), _per_dim(case.dilation, nd)
-    kernel = w.shape[:nd]
-    window = [d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True)]
-    pads = _explicit_pads(case.padding, x.shape[1:-1], window, stride)
-    y = R.conv(x, w, b, stride, pads, dilation, case.groups)
-    dx, dw, db = R.conv_vjp(x, w, dy, stride, pads, dilation, case.groups)
-    if first:
-        y, dx = np.moveaxis(y, -1, 1), np.moveaxis(dx, -1, 1)
-        dw = np.transpose(dw, (nd + 1, nd, *range(nd)))
-    return y, (dx, dw, db)[: len(args)]
+    kw = dict(stride=case.stride, padding=case.padding, dilation=case.dilation,
+              groups=case.groups, layout=case.layout)
+    y, grads = R.conv_call(*args[:2], args[2] if case.bias else None, dy, **kw)
+    return y, grads[: len(args)]
 
 
 # Awkward cases pinned (channels_last unless stated): a SAME whose total pad is odd (3: the
@@ -170,8 +114,8 @@ def test_conv_against_lax_and_numpy(case, dtype, seed, policy):
     what = f"conv {case}"
     padding = _lax_padding(case.padding, nd)
     if padding is not None:
-        ref = functools.partial(lax_conv, stride=_per_dim(case.stride, nd), padding=padding,
-                                dilation=_per_dim(case.dilation, nd), groups=case.groups,
+        ref = functools.partial(R.lax_conv, stride=R.per_dim(case.stride, nd), padding=padding,
+                                dilation=R.per_dim(case.dilation, nd), groups=case.groups,
                                 layout=case.layout)
         _assert_close(ours, _run(ref, args, dy), dtype, f"{what} vs lax")
     _assert_close(ours, numpy_conv_vjp(case, args, dy), dtype, f"{what} vs numpy")
@@ -187,8 +131,8 @@ def test_numpy_conv_reference_is_lax(case, seed):
     if padding is None:
         return
     args = case.arrays(seed, np.float64)
-    ref = functools.partial(lax_conv, stride=_per_dim(case.stride, nd), padding=padding,
-                            dilation=_per_dim(case.dilation, nd), groups=case.groups,
+    ref = functools.partial(R.lax_conv, stride=R.per_dim(case.stride, nd), padding=padding,
+                            dilation=R.per_dim(case.dilation, nd), groups=case.groups,
                             layout=case.layout)
     y_shape = jax.eval_shape(ref, *args).shape
     dy = S.normal(seed + 1, y_shape)
@@ -199,17 +143,6 @@ def test_numpy_conv_reference_is_lax(case, seed):
 # --------------------------------------------------------------------------------------------
 # Pooling.
 # --------------------------------------------------------------------------------------------
-
-
-def lax_pool(kind, x, *, window, stride, padding):
-    """Pooling as lax computes it, channels-last: reduce_window with lax's own padding; the
-    average divides by the whole window, padded positions included."""
-    dims, strides = (1, *window, 1), (1, *stride, 1)
-    if not isinstance(padding, str):
-        padding = [(0, 0), *padding, (0, 0)]
-    if kind == "max":
-        return lax.reduce_window(x, -np.inf, lax.max, dims, strides, padding)
-    return lax.reduce_window(x, 0.0, lax.add, dims, strides, padding) / math.prod(window)
 
 
 @st.composite
@@ -254,8 +187,8 @@ def test_pool_against_lax_and_numpy(kind, drawn):
     case, x, seed = drawn
     nd = x.ndim - 2
     op = jaxconv.max_pool if kind == "max" else jaxconv.avg_pool
-    window = _per_dim(case.window, nd)
-    stride = window if case.stride is None else _per_dim(case.stride, nd)
+    window = R.per_dim(case.window, nd)
+    stride = window if case.stride is None else R.per_dim(case.stride, nd)
 
     def ours_fn(x):
         return op(x, case.window, stride=case.stride, padding=case.padding)
@@ -265,8 +198,7 @@ def test_pool_against_lax_and_numpy(kind, drawn):
     what = f"{kind}_pool {case}"
     padding = _lax_padding(case.padding, nd)
     if padding is not None:
-        ref = functools.partial(lax_pool, kind, window=window, stride=stride, padding=padding)
+        ref = functools.partial(R.lax_pool, kind, window=window, stride=stride, padding=padding)
         _assert_close(ours, _run(ref, (x,), dy), x.dtype, f"{what} vs lax")
-    pads = _explicit_pads(case.padding, x.shape[1:-1], window, stride)
-    y, dx = R.pool(kind, x, window, stride, pads, dy)
+    y, dx = R.pool_call(kind, x, case.window, case.stride, case.padding, dy)
     _assert_close(ours, (y, (dx,)), x.dtype, f"{what} vs numpy")
