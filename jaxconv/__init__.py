@@ -3,34 +3,23 @@
 The perceptron and the N-d convolution as pure functions whose gradients are the rules derived by
 hand in the lecture "Backpropagation in Perceptrons and Convolutions" (db = Σ dy,
 dw = x ⋆ dy, dx = full-conv(rot180 w, dy)), attached with ``jax.custom_vjp``. The same ops with
-JAX-derived gradients live in :mod:`jaxconv.autodiff`.
+JAX-derived gradients live in :mod:`jaxconv.autodiff`, under the same names and signatures: code
+written against one namespace runs against the other, e.g. ``ops = jaxconv if manual else
+jaxconv.autodiff``.
 """
 
 from jaxconv import autodiff
 from jaxconv.ops.activations import leaky_relu, relu, sigmoid, softplus, tanh
 from jaxconv.ops.conv import conv, conv1d, conv2d, conv3d
 from jaxconv.ops.dense import dense
-from jaxconv.ops.losses import mse, softmax_cross_entropy
+from jaxconv.ops.losses import (
+    softmax_cross_entropy,
+    softmax_cross_entropy_with_integer_labels,
+    squared_error,
+)
 from jaxconv.ops.pool import avg_pool, max_pool
 
 __version__ = "0.1.0"
-
-OPS = (
-    "conv", "conv1d", "conv2d", "conv3d", "dense", "relu", "leaky_relu", "sigmoid", "tanh",
-    "softplus", "max_pool", "avg_pool", "softmax_cross_entropy", "mse",
-)
-
-
-def ops(grads: str = "manual"):
-    """The op namespace for a gradient mode: ``jaxconv`` ("manual") or ``jaxconv.autodiff``."""
-    if grads == "manual":
-        import jaxconv
-
-        return jaxconv
-    if grads == "autodiff":
-        return autodiff
-    raise ValueError(f"grads must be 'manual' or 'autodiff', got {grads!r}")
-
 
 _SUBMODULES = ("data", "distributed", "gradcheck", "explain", "models", "train", "bench")
 
@@ -46,6 +35,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "__version__", "autodiff", "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "dense",
-    "leaky_relu", "max_pool", "mse", "ops", "relu", "sigmoid", "softmax_cross_entropy", "softplus",
-    "tanh",
+    "leaky_relu", "max_pool", "relu", "sigmoid", "softmax_cross_entropy",
+    "softmax_cross_entropy_with_integer_labels", "softplus", "squared_error", "tanh",
 ]

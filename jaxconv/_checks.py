@@ -9,7 +9,6 @@ explicit ``(low, high)`` pads) that the ops carry as static, never-traced argume
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +24,117 @@ def _describe(value: Any) -> str:
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
     return f"{value!r} ({type(value).__name__})"
+
+
+# --------------------------------------------------------------------------------------------
+# One wording for every error on bad input: "<name> must <be or have what was expected>, got
+# <what came>". Every check below (and the CLI, data, train and models) words its errors
+# through these helpers.
+# --------------------------------------------------------------------------------------------
+
+
+def invalid(name: str, expected: str, got: Any, error: type = ValueError) -> Exception:
+    """The error for an argument ``name`` that is not ``expected``: raise what this returns.
+
+    Args:
+      name: the argument as the caller spells it (``"stride"``, ``"--epochs"``).
+      expected: what it must be or have, with its verb: ``"be a positive int"``,
+        ``"have shape (C_out,) = (4,)"``.
+      got: what came, already worded (``repr`` of a value, ``"shape (3,)"``, ...).
+      error: ``ValueError`` (a wrong value) or ``TypeError`` (a wrong kind of thing).
+    """
+    return error(f"{name} must {expected}, got {got}")
+
+
+def choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``choices``; else ``<name> must be one of (...), got <value>``
+    (a ``TypeError`` for a value of another type than the choices, e.g. a non-string)."""
+    choices = tuple(choices)
+    try:
+        found = value in choices
+    except TypeError:  # an unhashable or incomparable value
+        found = False
+    if not found:
+        wrong_type = choices and not any(isinstance(value, type(c)) for c in choices)
+        got = _describe(value) if wrong_type else repr(value)
+        raise invalid(name, f"be one of {choices}", got, TypeError if wrong_type else ValueError)
+    return value
+
+
+def names(name: str, values: Any, choices: Sequence[str]) -> tuple[str, ...]:
+    """A non-empty sequence of names, each one of ``choices``, as a tuple."""
+    choices = tuple(choices)
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise invalid(name, f"be a sequence of names from {choices}", _describe(values),
+                      TypeError)
+    unknown = [v for v in values if v not in choices]
+    if unknown or not values:
+        got = f"the unknown {unknown}" if unknown else "none"
+        raise invalid(name, f"be a non-empty sequence of names from {choices}", got)
+    return tuple(values)
+
+
+def _integer(name: str, value: Any, expected: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise invalid(name, f"be {expected}", _describe(value), TypeError)
+    return int(value)
+
+
+def positive_int(name: str, value: Any) -> int:
+    """An int > 0 (``bool`` is not an int here)."""
+    value = _integer(name, value, "a positive int")
+    if value <= 0:
+        raise invalid(name, "be a positive int", value)
+    return value
+
+
+def non_negative_int(name: str, value: Any) -> int:
+    """An int >= 0 (``bool`` is not an int here)."""
+    value = _integer(name, value, "a non-negative int")
+    if value < 0:
+        raise invalid(name, "be a non-negative int", value)
+    return value
+
+
+def _real(name: str, value: Any, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise invalid(name, f"be {expected}", _describe(value), TypeError)
+    return float(value)
+
+
+def positive_number(name: str, value: Any) -> float:
+    """A finite real number > 0, as a float."""
+    v = _real(name, value, "a positive finite number")
+    if not (0 < v < float("inf")):
+        raise invalid(name, "be a positive finite number", value)
+    return v
+
+
+def non_negative_number(name: str, value: Any) -> float:
+    """A finite real number >= 0, as a float."""
+    v = _real(name, value, "a non-negative finite number")
+    if not (0 <= v < float("inf")):
+        raise invalid(name, "be a non-negative finite number", value)
+    return v
+
+
+def shape(name: str, value: Any, expected: tuple[int, ...], what: str = "") -> None:
+    """Check ``value.shape == expected``: ``<name> must have shape <what> = <expected>, got shape
+    <value.shape>`` (``what`` names the dimensions, e.g. ``"(C_out,)"``)."""
+    if tuple(value.shape) != tuple(expected):
+        spelled = f"{what} = {tuple(expected)}" if what else f"{tuple(expected)}"
+        raise invalid(name, f"have shape {spelled}", f"shape {tuple(value.shape)}")
+
+
+def broadcastable_to(name: str, value: Any, target: tuple[int, ...]) -> None:
+    """Check that ``value`` broadcasts to ``target`` without growing it."""
+    try:
+        grown = np.broadcast_shapes(tuple(value.shape), tuple(target)) != tuple(target)
+    except ValueError:
+        grown = True
+    if grown:
+        raise invalid(name, f"be a number or an array that broadcasts to shape {tuple(target)}",
+                      f"shape {tuple(value.shape)}")
 
 
 def array(name: str, value: Any) -> Any:
@@ -56,14 +166,6 @@ def promote(**arrays: Any) -> tuple[Any, ...]:
     present = [v for v in checked.values() if v is not None]
     dtype = jnp.result_type(*present)
     return tuple(None if v is None else v.astype(dtype) for v in checked.values())
-
-
-def positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int, got {_describe(value)}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
 
 
 def per_dim(name: str, value: Any, nd: int) -> tuple[int, ...]:
@@ -226,8 +328,8 @@ def conv_config(
                 f"padded input ({n} + {p[0]} + {p[1]} = {n + p[0] + p[1]}) in spatial dimension "
                 f"{i}: the output would be empty"
             )
-    if b is not None and tuple(b.shape) != (c_out,):
-        raise ValueError(f"b must have shape (C_out,) = ({c_out},), got shape {tuple(b.shape)}")
+    if b is not None:
+        shape("b", b, (c_out,), "(C_out,)")
     return ConvConfig(stride=stride, padding=pads, dilation=dilation, groups=groups)
 
 
@@ -242,9 +344,7 @@ def _kshape(w: Any, first: bool) -> tuple[int, ...]:
 
 
 def layout(value: Any) -> str:
-    if value not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {value!r}")
-    return value
+    return choice("layout", value, LAYOUTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,13 +357,25 @@ class PoolConfig:
     in_size: tuple[int, ...]
 
 
-def pool_config(x: Any, window: Any, stride: Any, padding: Any) -> PoolConfig:
-    """Validate a channels-last pooling call on ``x`` of shape ``(N, *spatial, C)``."""
+POOL_PADDING_STRINGS = ("VALID", "SAME")
+
+
+def pool_config(
+    x: Any, window: Any, stride: Any, padding: Any, layout: str = "channels_last"
+) -> PoolConfig:
+    """Validate a pooling call on ``x`` (already channels-last, ``(N, *spatial, C)``).
+
+    ``layout`` is the caller's own layout, used only to phrase the errors in its shapes.
+    ``"FULL"`` padding is refused: its edge windows would hold one real input among padding.
+    """
+    first = layout == "channels_first"
     if x.ndim not in (3, 4, 5):
-        raise ValueError(
-            f"x must have rank 3, 4 or 5 (N, *spatial, C) for 1-, 2- or 3-D pooling, "
-            f"got shape {tuple(x.shape)}"
-        )
+        x_desc = "(N, C, *spatial)" if first else "(N, *spatial, C)"
+        raise invalid("x", f"have rank 3, 4 or 5 {x_desc} for 1-, 2- or 3-D pooling",
+                      f"shape {_shape(x, first)}")
+    if isinstance(padding, str) and padding.upper() not in POOL_PADDING_STRINGS:
+        raise invalid("padding", f"be one of {POOL_PADDING_STRINGS}, an int or (low, high) pairs "
+                      f"for a pool", f"the string {padding!r}")
     nd = x.ndim - 2
     window = per_dim("window", window, nd)
     stride = window if stride is None else per_dim("stride", stride, nd)
@@ -294,24 +406,36 @@ def dense_shapes(x: Any, w: Any, b: Any) -> None:
             f"x's last axis ({x.shape[-1]}, from shape {tuple(x.shape)}) must equal w's first "
             f"axis n_in ({w.shape[0]}, from shape {tuple(w.shape)}): the shapes do not chain"
         )
-    if b is not None and tuple(b.shape) != (w.shape[1],):
-        raise ValueError(f"b must have shape (n_out,) = ({w.shape[1]},), got {tuple(b.shape)}")
+    if b is not None:
+        shape("b", b, (w.shape[1],), "(n_out,)")
 
 
 def labels_for(logits: Any, labels: Any) -> Any:
     """Check integer class labels ``(...,)`` against logits ``(..., C)``."""
     labels = array("labels", labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(
-            f"labels must be integer class indices, got dtype {labels.dtype}; for one-hot or soft "
-            f"targets take the argmax first"
-        )
+        raise invalid("labels", "be integer class indices",
+                      f"dtype {labels.dtype}; for probability labels use softmax_cross_entropy",
+                      TypeError)
     if logits.ndim < 1 or tuple(labels.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(
-            f"labels must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}, got "
-            f"{tuple(labels.shape)} for logits of shape {tuple(logits.shape)}"
-        )
+        raise invalid("labels", f"have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}",
+                      f"shape {tuple(labels.shape)} for logits of shape {tuple(logits.shape)}")
     return labels
+
+
+def probabilities_for(logits: Any, labels: Any) -> tuple[Any, Any]:
+    """Check probability labels ``(..., C)`` against logits ``(..., C)``; both floating,
+    promoted to one dtype."""
+    labels = array("labels", labels)
+    if not jnp.issubdtype(labels.dtype, jnp.floating):
+        raise invalid("labels", "have a floating dtype (one distribution over the classes per "
+                      "example)", f"dtype {labels.dtype}; for integer class labels use "
+                      "softmax_cross_entropy_with_integer_labels", TypeError)
+    logits, labels = promote(logits=logits, labels=labels)
+    if logits.ndim < 1:
+        raise invalid("logits", "have rank >= 1 (..., C)", f"shape {tuple(logits.shape)}")
+    same_shape("logits", logits, "labels", labels)
+    return logits, labels
 
 
 def same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
@@ -320,13 +444,3 @@ def same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
             f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and "
             f"{tuple(b.shape)}"
         )
-
-
-def non_negative(name: str, value: Any) -> float:
-    try:
-        v = operator.index(value) if isinstance(value, (int, np.integer)) else float(value)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a number, got {_describe(value)}") from err
-    if v < 0:
-        raise ValueError(f"{name} must be non-negative, got {value}")
-    return v

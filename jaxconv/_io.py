@@ -1,4 +1,5 @@
-"""Atomic file writes: a file is either its old self or completely new, never half written."""
+"""Files: where jaxconv caches (:func:`cache_dir`), and atomic writes (:func:`atomic_open`): a file
+is either its old self or completely new, never half written."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+
+def cache_dir() -> Path:
+    """The one directory jaxconv caches in (generated data sets, measured convolution choices):
+    ``$JAXCONV_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxconv``, else ``~/.cache/jaxconv`` (an empty
+    variable counts as unset). Read on every call, so a changed environment takes effect; the
+    directory is created only when something is written to it."""
+    if os.environ.get("JAXCONV_CACHE_DIR"):
+        return Path(os.environ["JAXCONV_CACHE_DIR"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "jaxconv"
+    return Path.home() / ".cache" / "jaxconv"
 
 
 @contextlib.contextmanager

@@ -16,12 +16,16 @@ from jaxconv.ops.conv import conv2d_autodiff as conv2d
 from jaxconv.ops.conv import conv3d_autodiff as conv3d
 from jaxconv.ops.conv import conv_autodiff as conv
 from jaxconv.ops.dense import dense_autodiff as dense
-from jaxconv.ops.losses import mse_autodiff as mse
 from jaxconv.ops.losses import softmax_cross_entropy_autodiff as softmax_cross_entropy
+from jaxconv.ops.losses import (
+    softmax_cross_entropy_with_integer_labels_autodiff as softmax_cross_entropy_with_integer_labels,
+)
+from jaxconv.ops.losses import squared_error_autodiff as squared_error
 from jaxconv.ops.pool import avg_pool_autodiff as avg_pool
 from jaxconv.ops.pool import max_pool_autodiff as max_pool
 
 __all__ = [
-    "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "dense", "leaky_relu", "max_pool", "mse",
-    "relu", "sigmoid", "softmax_cross_entropy", "softplus", "tanh",
+    "avg_pool", "conv", "conv1d", "conv2d", "conv3d", "dense", "leaky_relu", "max_pool", "relu",
+    "sigmoid", "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels", "softplus",
+    "squared_error", "tanh",
 ]

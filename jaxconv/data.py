@@ -22,7 +22,9 @@ Inputs are ready for training as they come:
   lie in ``[0, 1]``.
 
 Only the generated MNIST-1D set is cached (the other two are read from files in well under a
-second). The cache lives in :func:`default_cache_dir` unless ``cache_dir`` is given; each file's
+second). The cache lives in jaxconv's cache directory (``$JAXCONV_CACHE_DIR``, else
+``$XDG_CACHE_HOME/jaxconv``, else ``~/.cache/jaxconv``: :func:`jaxconv._io.cache_dir`) unless
+``cache_dir`` is given; each file's
 name and contents carry a hash of the cache format, the ``mnist1d`` version and the generator's
 arguments, so a stale or corrupt file is regenerated, never trusted, and a new file appears
 atomically (written to a temporary file, then ``os.replace``).
@@ -49,8 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxconv import _checks, _io
 from jaxconv._checks import _describe
-from jaxconv._io import atomic_open
 
 DATASETS = ("mnist1d", "digits", "mnist")
 
@@ -125,17 +127,6 @@ class Dataset:
                 f"input_shape={self.input_shape}, num_classes={self.num_classes})")
 
 
-def default_cache_dir() -> pathlib.Path:
-    """Where jaxconv caches generated data: ``$JAXCONV_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/jaxconv``, else ``~/.cache/jaxconv`` (empty variables count as unset).
-    The directory is created only when something is written to it."""
-    if os.environ.get("JAXCONV_CACHE_DIR"):
-        return pathlib.Path(os.environ["JAXCONV_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return pathlib.Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "jaxconv"
-    return pathlib.Path.home() / ".cache" / "jaxconv"
-
-
 def load(
     name: str,
     *,
@@ -149,7 +140,8 @@ def load(
       data_dir: for ``"mnist"`` only (required there): the directory holding the four IDX files
         ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
         ``t10k-labels-idx1-ubyte``, each raw or gzipped (``.gz``). Ignored by the others.
-      cache_dir: where the generated MNIST-1D set is cached; :func:`default_cache_dir` if None.
+      cache_dir: where the generated MNIST-1D set is cached; jaxconv's cache directory
+        (:func:`jaxconv._io.cache_dir`) if None.
 
     Returns:
       A :class:`Dataset`: float32 channels-last inputs (mnist1d ``(N, 40, 1)``, digits
@@ -159,12 +151,9 @@ def load(
       ValueError: an unknown ``name``; ``"mnist"`` without ``data_dir``; a corrupt IDX file.
       FileNotFoundError: ``"mnist"`` whose IDX files are not all in ``data_dir``.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"dataset must be a string, one of {DATASETS}, got {_describe(name)}")
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    _checks.choice("dataset", name, DATASETS)
     if name == "mnist1d":
-        cache = default_cache_dir() if cache_dir is None else _path("cache_dir", cache_dir)
+        cache = _io.cache_dir() if cache_dir is None else _path("cache_dir", cache_dir)
         return _load_mnist1d(cache)
     if name == "digits":
         return _load_digits()
@@ -186,9 +175,9 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     Returns:
       ``(n,)`` int64, each of ``0 .. n-1`` once.
     """
-    seed = _non_negative_int("seed", seed)
-    epoch = _non_negative_int("epoch", epoch)
-    n = _non_negative_int("n", n)
+    seed = _checks.non_negative_int("seed", seed)
+    epoch = _checks.non_negative_int("epoch", epoch)
+    n = _checks.non_negative_int("n", n)
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
@@ -199,11 +188,11 @@ def epoch_batches(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
     Returns:
       ``(n // batch_size, batch_size)`` int64; row ``i`` indexes the examples of batch ``i``.
     """
-    n = _non_negative_int("n", n)
-    batch_size = _non_negative_int("batch_size", batch_size)
+    n = _checks.non_negative_int("n", n)
+    batch_size = _checks.non_negative_int("batch_size", batch_size)
     if batch_size == 0 or batch_size > n:
-        raise ValueError(f"batch_size must be between 1 and the number of examples n={n}, got "
-                         f"{batch_size}")
+        raise _checks.invalid("batch_size", f"be between 1 and the number of examples n={n}",
+                              batch_size)
     steps = n // batch_size
     return epoch_permutation(seed, epoch, n)[: steps * batch_size].reshape(steps, batch_size)
 
@@ -278,7 +267,7 @@ def _read_mnist1d_cache(path: pathlib.Path, key: str, args: dict[str, Any]) -> d
 
 def _write_atomically(path: pathlib.Path, arrays: dict[str, Any]) -> None:
     """Write an ``.npz`` to a temporary file beside ``path``, then move it into place."""
-    with atomic_open(path, "wb") as f:
+    with _io.atomic_open(path, "wb") as f:
         np.savez(f, **arrays)
 
 
@@ -416,11 +405,3 @@ def _path(name: str, value: Any) -> pathlib.Path:
     if not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"{name} must be a path (str or os.PathLike), got {_describe(value)}")
     return pathlib.Path(value).expanduser()
-
-
-def _non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a non-negative int, got {_describe(value)}")
-    if value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value}")
-    return int(value)

@@ -23,11 +23,11 @@ and (4) ``jax.vjp`` of ``jaxconv.conv1d``, whose backward pass is the hand-deriv
 row-major flattened arrays: ∂y/∂w is 4×4, ∂y/∂x is 4×9).
 
 **perceptron**: one sigmoid neuron z = w·x + b, a = σ(z) with the squared error L = (a − t)²
-(``jaxconv.mse`` of one value). The chain rule is dL/da = 2(a − t), da/dz = a(1 − a), and
+(``jaxconv.squared_error`` of one value). The chain rule is dL/da = 2(a − t), da/dz = a(1 − a), and
 ∂z/∂w = x, ∂z/∂x = w, ∂z/∂b = 1 (the 1×n Jacobians of the neuron), so with dz = dL/da · da/dz:
 dw = dz·x, dx = dz·w, db = dz. The routes are the chain rule (numpy), ``jax.grad`` through the
-manual ops (``jaxconv.dense``/``sigmoid``/``mse``, i.e. the library's rules) and ``jax.grad``
-through ``jaxconv.autodiff``.
+manual ops (``jaxconv.dense``/``sigmoid``/``squared_error``, i.e. the library's rules) and
+``jax.grad`` through ``jaxconv.autodiff``.
 
 Everything is computed in float64 (the caller enables x64).
 
@@ -46,6 +46,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxconv import _checks
 
 #: Default numbers when the user gives none (printed with the example).
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -212,8 +214,7 @@ def conv_example(op: str = "conv1d", *, x=None, w=None, b=None, dy=None) -> Conv
     """
     import jaxconv
 
-    if op not in ("conv1d", "conv2d"):
-        raise ValueError(f"op must be 'conv1d' or 'conv2d', got {op!r}")
+    _checks.choice("op", op, ("conv1d", "conv2d"))
     nd = 1 if op == "conv1d" else 2
     d = DEFAULTS[op]
     x = _as_array("x", d["x"] if x is None else x, nd)
@@ -415,13 +416,13 @@ def perceptron_example(*, x=None, w=None, b=None, t=None) -> PerceptronExample:
     def through(ops):
         def loss_fn(x_, w_, b_):
             out = ops.sigmoid(ops.dense(x_, w_[:, None], b_))
-            return ops.mse(out, jnp.array([t]))
+            return ops.squared_error(out, jnp.array([t]))[0]
 
         return jax.grad(loss_fn, argnums=(0, 1, 2))(jnp.asarray(x), jnp.asarray(w),
                                                    jnp.array([b]))
 
     gx, gw, gb = through(jaxconv)
-    rule = Grads("jaxconv.dense/sigmoid/mse (their custom_vjp rules)",
+    rule = Grads("jaxconv.dense/sigmoid/squared_error (their custom_vjp rules)",
                  np.asarray(gx), np.asarray(gw), float(gb[0]))
     gx, gw, gb = through(jaxconv.autodiff)
     auto = Grads("jax.grad (jaxconv.autodiff)", np.asarray(gx), np.asarray(gw),

@@ -58,9 +58,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxconv import _checks
+
 OPS = (
     "conv", "dense", "max_pool", "avg_pool", "relu", "leaky_relu", "sigmoid", "tanh", "softplus",
-    "softmax_cross_entropy", "mse",
+    "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels", "squared_error",
 )
 DTYPES = ("float64", "float32", "bfloat16")
 
@@ -239,6 +241,18 @@ def _build_elementwise(cfg, rng):
 
 
 def _build_sce(cfg, rng):
+    """Logits and probability labels (rows of a softmax), both differentiated."""
+    shape = (*cfg["batch_shape"], cfg["classes"])
+    logits, scores = 3 * _normal(rng, shape), _normal(rng, shape)
+    labels = np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)
+
+    def call(op, logits, labels):
+        return op(logits, labels)
+
+    return (logits, labels), call
+
+
+def _build_sce_integer_labels(cfg, rng):
     shape = (*cfg["batch_shape"], cfg["classes"])
     labels = rng.integers(0, cfg["classes"], tuple(cfg["batch_shape"]))
 
@@ -248,7 +262,7 @@ def _build_sce(cfg, rng):
     return (3 * _normal(rng, shape),), call
 
 
-def _build_mse(cfg, rng):
+def _build_squared_error(cfg, rng):
     shape = tuple(cfg["shape"])
 
     def call(op, pred, target):
@@ -268,7 +282,8 @@ _BUILDERS: dict[str, Callable] = {
     "tanh": _build_elementwise,
     "softplus": _build_elementwise,
     "softmax_cross_entropy": _build_sce,
-    "mse": _build_mse,
+    "softmax_cross_entropy_with_integer_labels": _build_sce_integer_labels,
+    "squared_error": _build_squared_error,
 }
 
 
@@ -381,10 +396,8 @@ def check(case: Case, pair: tuple[Callable, Callable], rng: np.random.Generator)
       rng: draws the inputs (in float64, then cast to ``case.dtype``), the upstream gradient dy
         and the finite-difference directions.
     """
-    if case.op not in _BUILDERS:
-        raise ValueError(f"op must be one of {OPS}, got {case.op!r}")
-    if case.dtype not in TOLERANCES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {case.dtype!r}")
+    _checks.choice("op", case.op, OPS)
+    _checks.choice("dtype", case.dtype, DTYPES)
     start = time.perf_counter()
     args64, call = _BUILDERS[case.op](case.config, rng)
     dtype = jnp.dtype(case.dtype)
@@ -509,16 +522,18 @@ def _grid_configs() -> dict[str, list[dict[str, Any]]]:
         ]
     }
     elementwise["leaky_relu"].append({"shape": (4, 5), "kink": True, "negative_slope": 0.3})
+    classification = [
+        {"batch_shape": bs, "classes": c} for bs, c in [((1,), 2), ((8,), 10), ((2, 3), 5)]
+    ]
     return {
         "conv": conv,
         "dense": dense,
         "max_pool": pools,
         "avg_pool": pools,
         **elementwise,
-        "softmax_cross_entropy": [
-            {"batch_shape": bs, "classes": c} for bs, c in [((1,), 2), ((8,), 10), ((2, 3), 5)]
-        ],
-        "mse": [{"shape": s} for s in [(1,), (8, 10), (2, 3, 4)]],
+        "softmax_cross_entropy": classification,
+        "softmax_cross_entropy_with_integer_labels": classification,
+        "squared_error": [{"shape": s} for s in [(1,), (8, 10), (2, 3, 4)]],
     }
 
 
@@ -538,10 +553,10 @@ def default_grid(
       dtypes: which dtypes (from :data:`DTYPES`).
       limit: keep only the first ``limit`` configurations of each op (a quick run).
     """
-    _check_names("ops", ops, OPS)
-    _check_names("dtypes", dtypes, DTYPES)
-    if limit is not None and limit <= 0:
-        raise ValueError(f"limit must be a positive int or None, got {limit}")
+    _checks.names("ops", ops, OPS)
+    _checks.names("dtypes", dtypes, DTYPES)
+    if limit is not None:
+        _checks.positive_int("limit", limit)
     grid = _grid_configs()
     return [
         Case(op, cfg, dtype)
@@ -556,8 +571,8 @@ def random_cases(
 ) -> list[Case]:
     """``n`` random configurations (op, shapes, static arguments, dtype), reproducible from
     ``seed``. Every drawn configuration is valid (the input is never smaller than the window)."""
-    _check_names("ops", ops, OPS)
-    _check_names("dtypes", dtypes, DTYPES)
+    _checks.names("ops", ops, OPS)
+    _checks.names("dtypes", dtypes, DTYPES)
     rng = np.random.default_rng(seed)
     cases = []
     for _ in range(n):
@@ -637,11 +652,11 @@ def _random_config(op: str, rng: np.random.Generator) -> dict[str, Any]:
         return {"batch": int(rng.integers(1, 3)), "in_size": size,
                 "channels": int(rng.integers(1, 4)), "window": window, "stride": stride,
                 "padding": padding}
-    if op == "softmax_cross_entropy":
+    if op in ("softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"):
         return {"batch_shape": ints(1, 8, int(rng.integers(1, 3))),
                 "classes": int(rng.integers(2, 12))}
     shape = ints(1, 6, int(rng.integers(1, 4)))
-    if op == "mse":
+    if op == "squared_error":
         return {"shape": shape}
     cfg: dict[str, Any] = {"shape": shape}
     if op in ("relu", "leaky_relu"):
@@ -649,16 +664,6 @@ def _random_config(op: str, rng: np.random.Generator) -> dict[str, Any]:
     if op == "leaky_relu":
         cfg["negative_slope"] = round(float(rng.uniform(0, 0.5)), 3)
     return cfg
-
-
-def _check_names(name: str, values: Sequence[str], allowed: Sequence[str]) -> None:
-    if isinstance(values, str):
-        raise TypeError(f"{name} must be a sequence of names, got the string {values!r}")
-    unknown = [v for v in values if v not in allowed]
-    if unknown:
-        raise ValueError(f"{name} must be names from {tuple(allowed)}, got unknown {unknown}")
-    if not values:
-        raise ValueError(f"{name} must name at least one of {tuple(allowed)}, got none")
 
 
 def summarize(results: Sequence[Result]) -> dict[str, dict[str, Any]]:

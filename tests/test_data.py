@@ -11,7 +11,7 @@ import struct
 import numpy as np
 import pytest
 
-from jaxconv import data
+from jaxconv import _io, data
 
 # --- helpers --------------------------------------------------------------------------------
 
@@ -251,17 +251,17 @@ def test_load_uses_the_default_cache_dir(tmp_path, monkeypatch, counted_generato
     only_cache_file(tmp_path / "env-cache")
 
 
-def test_default_cache_dir_precedence(tmp_path, monkeypatch):
+def test_cache_dir_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("JAXCONV_CACHE_DIR", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    assert data.default_cache_dir() == tmp_path / "home" / ".cache" / "jaxconv"
+    assert _io.cache_dir() == tmp_path / "home" / ".cache" / "jaxconv"
     monkeypatch.setenv("XDG_CACHE_HOME", "")  # empty counts as unset
-    assert data.default_cache_dir() == tmp_path / "home" / ".cache" / "jaxconv"
+    assert _io.cache_dir() == tmp_path / "home" / ".cache" / "jaxconv"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert data.default_cache_dir() == tmp_path / "xdg" / "jaxconv"
+    assert _io.cache_dir() == tmp_path / "xdg" / "jaxconv"
     monkeypatch.setenv("JAXCONV_CACHE_DIR", str(tmp_path / "mine"))
-    assert data.default_cache_dir() == tmp_path / "mine"
+    assert _io.cache_dir() == tmp_path / "mine"
     assert not (tmp_path / "mine").exists(), "asking for the directory must not create it"
 
 
@@ -426,7 +426,8 @@ def test_unknown_dataset_names_the_argument_and_the_choices():
     for name in data.DATASETS:
         assert name in str(info.value)
     assert "'cifar10'" in str(info.value)
-    with pytest.raises(TypeError, match="dataset must be a string"):
+    with pytest.raises(TypeError, match=r"dataset must be one of \('mnist1d', 'digits', 'mnist'\), "
+                       r"got 3 \(int\)"):
         data.load(3)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import jaxconv
+from jaxconv import _checks
 
 JAXCONV_DIR = pathlib.Path(jaxconv.__file__).resolve().parent
 
@@ -70,7 +71,7 @@ CASES = {
     "conv groups = 0": Case(conv(groups=0), (f(1, 5, 2), f(2, 2, 2)), ValueError,
                             r"groups must be a positive int, got 0"),
     "conv groups not an int": Case(conv(groups=1.5), (f(1, 5, 2), f(2, 2, 2)), TypeError,
-                                   r"groups must be a positive int, got 1.5"),
+                                   r"groups must be a positive int, got 1.5 \(float\)"),
     "conv unknown layout": Case(conv(layout="NHWC"), (f(1, 5, 2), f(2, 2, 2)), ValueError,
                                 r"layout must be one of \('channels_last', 'channels_first'\), "
                                 r"got 'NHWC'"),
@@ -160,6 +161,20 @@ CASES = {
                                r"x must have rank 3, 4 or 5 .*got shape \(5, 2\)"),
     "max_pool integer x": Case(lambda x: jaxconv.max_pool(as_int(x), 2), (f(1, 4, 2),),
                                TypeError, r"x must have a floating dtype.*got dtype int32"),
+    "max_pool FULL padding": Case(
+        lambda x: jaxconv.max_pool(x, 2, padding="FULL"), (f(1, 5, 2),), ValueError,
+        r"padding must be one of \('VALID', 'SAME'\), an int or \(low, high\) pairs for a "
+        r"pool, got the string 'FULL'"),
+    "avg_pool FULL padding": Case(
+        lambda x: jaxconv.avg_pool(x, (2, 3), stride=1, padding="full"), (f(1, 5, 5, 2),),
+        ValueError, r"padding must be one of \('VALID', 'SAME'\).*got the string 'full'"),
+    "max_pool unknown layout": Case(
+        lambda x: jaxconv.max_pool(x, 2, layout="NCHW"), (f(1, 5, 2),), ValueError,
+        r"layout must be one of \('channels_last', 'channels_first'\), got 'NCHW'"),
+    "avg_pool rank of x, channels_first": Case(
+        lambda x: jaxconv.avg_pool(x, 2, layout="channels_first"), (f(2, 5),), ValueError,
+        r"x must have rank 3, 4 or 5 \(N, C, \*spatial\) for 1-, 2- or 3-D pooling, got shape "
+        r"\(2, 5\)"),
     # --- dense ------------------------------------------------------------------------------
     "dense shapes do not chain": Case(
         lambda x, w: jaxconv.dense(x, w), (f(2, 3), f(4, 5)), ValueError,
@@ -169,7 +184,7 @@ CASES = {
                               r"w must have rank 2 \(n_in, n_out\), got shape \(3,\)"),
     "dense bias of the wrong shape": Case(
         lambda x, w, b: jaxconv.dense(x, w, b), (f(2, 3), f(3, 5), f(4)), ValueError,
-        r"b must have shape \(n_out,\) = \(5,\), got \(4,\)"),
+        r"b must have shape \(n_out,\) = \(5,\), got shape \(4,\)"),
     "dense integer x": Case(lambda x, w: jaxconv.dense(as_int(x), w), (f(2, 3), f(3, 5)),
                             TypeError, r"x must have a floating dtype.*got dtype int32", diff=1),
     # --- activations ------------------------------------------------------------------------
@@ -180,26 +195,55 @@ CASES = {
         for name in ("relu", "leaky_relu", "sigmoid", "tanh", "softplus")
     },
     "leaky_relu negative slope": Case(lambda x: jaxconv.leaky_relu(x, -0.1), (f(3),), ValueError,
-                                      r"negative_slope must be non-negative, got -0.1"),
+                                      r"negative_slope must be a non-negative finite number, "
+                                      r"got -0.1"),
+    "leaky_relu slope not a number": Case(
+        lambda x: jaxconv.leaky_relu(x, "0.1"), (f(3),), TypeError,
+        r"negative_slope must be a non-negative finite number, got '0.1' \(str\)"),
+    "leaky_relu slope of the wrong shape": Case(
+        lambda x: jaxconv.leaky_relu(x, np.full(2, 0.1)), (f(3),), ValueError,
+        r"negative_slope must be a number or an array that broadcasts to shape \(3,\), got "
+        r"shape \(2,\)"),
+    "leaky_relu slope that grows x": Case(
+        lambda x: jaxconv.leaky_relu(x, np.full((2, 3), 0.1)), (f(3),), ValueError,
+        r"negative_slope must be a number or an array that broadcasts to shape \(3,\), got "
+        r"shape \(2, 3\)"),
+    "leaky_relu integer slope array": Case(
+        lambda x: jaxconv.leaky_relu(x, np.ones(3, np.int32)), (f(3),), TypeError,
+        r"negative_slope must have a floating dtype.*got dtype int32"),
     # --- losses -----------------------------------------------------------------------------
-    "softmax_cross_entropy labels of the wrong shape": Case(
-        jaxconv.softmax_cross_entropy, (f(4, 3), np.zeros(3, np.int32)), ValueError,
-        r"labels must have shape logits.shape\[:-1\] = \(4,\), got \(3,\) for logits of shape "
-        r"\(4, 3\)"),
-    "softmax_cross_entropy labels one-hot": Case(
-        jaxconv.softmax_cross_entropy, (f(4, 3), np.zeros((4, 3), np.int32)), ValueError,
-        r"labels must have shape logits.shape\[:-1\] = \(4,\), got \(4, 3\)"),
-    "softmax_cross_entropy float labels": Case(
-        jaxconv.softmax_cross_entropy, (f(4, 3), f(4)), TypeError,
-        r"labels must be integer class indices, got dtype float64"),
-    "softmax_cross_entropy integer logits": Case(
-        lambda z, t: jaxconv.softmax_cross_entropy(as_int(z), t), (f(4, 3), np.zeros(4, np.int32)),
+    "softmax_cross_entropy_with_integer_labels labels of the wrong shape": Case(
+        jaxconv.softmax_cross_entropy_with_integer_labels, (f(4, 3), np.zeros(3, np.int32)),
+        ValueError,
+        r"labels must have shape logits.shape\[:-1\] = \(4,\), got shape \(3,\) for logits of "
+        r"shape \(4, 3\)"),
+    "softmax_cross_entropy_with_integer_labels labels one-hot": Case(
+        jaxconv.softmax_cross_entropy_with_integer_labels, (f(4, 3), np.zeros((4, 3), np.int32)),
+        ValueError, r"labels must have shape logits.shape\[:-1\] = \(4,\), got shape \(4, 3\)"),
+    "softmax_cross_entropy_with_integer_labels float labels": Case(
+        jaxconv.softmax_cross_entropy_with_integer_labels, (f(4, 3), f(4)), TypeError,
+        r"labels must be integer class indices, got dtype float64; for probability labels use "
+        r"softmax_cross_entropy"),
+    "softmax_cross_entropy_with_integer_labels integer logits": Case(
+        lambda z, t: jaxconv.softmax_cross_entropy_with_integer_labels(as_int(z), t),
+        (f(4, 3), np.zeros(4, np.int32)),
         TypeError, r"logits must have a floating dtype.*got dtype int32"),
-    "mse shapes differ": Case(jaxconv.mse, (f(3, 2), f(2, 3)), ValueError,
-                              r"pred and target must have the same shape, got \(3, 2\) and "
-                              r"\(2, 3\)"),
-    "mse integer target": Case(lambda p, t: jaxconv.mse(p, as_int(t)), (f(3), f(3)), TypeError,
-                               r"target must have a floating dtype.*got dtype int32"),
+    "softmax_cross_entropy integer labels": Case(
+        jaxconv.softmax_cross_entropy, (f(4, 3), np.zeros(4, np.int32)), TypeError,
+        r"labels must have a floating dtype.*got dtype int32.*for integer class labels use "
+        r"softmax_cross_entropy_with_integer_labels"),
+    "softmax_cross_entropy labels of the wrong shape": Case(
+        jaxconv.softmax_cross_entropy, (f(4, 3), f(4, 2)), ValueError,
+        r"logits and labels must have the same shape, got \(4, 3\) and \(4, 2\)"),
+    "softmax_cross_entropy scalar logits": Case(
+        jaxconv.softmax_cross_entropy, (f(), f()), ValueError,
+        r"logits must have rank >= 1 \(\.\.\., C\), got shape \(\)"),
+    "squared_error shapes differ": Case(
+        jaxconv.squared_error, (f(3, 2), f(2, 3)), ValueError,
+        r"predictions and targets must have the same shape, got \(3, 2\) and \(2, 3\)"),
+    "squared_error integer targets": Case(
+        lambda p, t: jaxconv.squared_error(p, as_int(t)), (f(3), f(3)), TypeError,
+        r"targets must have a floating dtype.*got dtype int32"),
 }
 
 
@@ -227,3 +271,81 @@ def test_rejected_by_jaxconv(case, transform):
     assert JAXCONV_DIR in raiser.parents, f"raised in {raiser}, not in jaxconv"
     assert raiser.name in ("_checks.py", "conv.py"), raiser  # the checks, or conv1d's rank check
 
+
+
+# --------------------------------------------------------------------------------------------
+# The one wording: "<name> must <be or have what was expected>, got <what came>", from one
+# family of helpers in jaxconv._checks (used by the ops, data, the CLI, train and models).
+# --------------------------------------------------------------------------------------------
+
+WORDING = [
+    (lambda: _checks.choice("grads", "numeric", ("manual", "autodiff")), ValueError,
+     "grads must be one of ('manual', 'autodiff'), got 'numeric'"),
+    (lambda: _checks.choice("dataset", 3, ("mnist1d", "digits")), TypeError,
+     "dataset must be one of ('mnist1d', 'digits'), got 3 (int)"),
+    (lambda: _checks.choice("dataset", ["digits"], ("mnist1d", "digits")), TypeError,
+     "dataset must be one of ('mnist1d', 'digits'), got ['digits'] (list)"),
+    (lambda: _checks.names("ops", ("relu", "gelu"), ("relu", "tanh")), ValueError,
+     "ops must be a non-empty sequence of names from ('relu', 'tanh'), got the unknown "
+     "['gelu']"),
+    (lambda: _checks.names("ops", (), ("relu",)), ValueError,
+     "ops must be a non-empty sequence of names from ('relu',), got none"),
+    (lambda: _checks.names("ops", "relu", ("relu",)), TypeError,
+     "ops must be a sequence of names from ('relu',), got 'relu' (str)"),
+    (lambda: _checks.positive_int("epochs", 0), ValueError, "epochs must be a positive int, got 0"),
+    (lambda: _checks.positive_int("epochs", True), TypeError,
+     "epochs must be a positive int, got True (bool)"),
+    (lambda: _checks.positive_int("epochs", 2.0), TypeError,
+     "epochs must be a positive int, got 2.0 (float)"),
+    (lambda: _checks.non_negative_int("seed", -1), ValueError,
+     "seed must be a non-negative int, got -1"),
+    (lambda: _checks.positive_number("lr", 0.0), ValueError,
+     "lr must be a positive finite number, got 0.0"),
+    (lambda: _checks.positive_number("lr", float("nan")), ValueError,
+     "lr must be a positive finite number, got nan"),
+    (lambda: _checks.positive_number("lr", "1e-3"), TypeError,
+     "lr must be a positive finite number, got '1e-3' (str)"),
+    (lambda: _checks.non_negative_number("weight_decay", float("inf")), ValueError,
+     "weight_decay must be a non-negative finite number, got inf"),
+    (lambda: _checks.shape("b", np.zeros(3), (4,), "(C_out,)"), ValueError,
+     "b must have shape (C_out,) = (4,), got shape (3,)"),
+    (lambda: _checks.shape("y", np.zeros((2, 1)), (2,)), ValueError,
+     "y must have shape (2,), got shape (2, 1)"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", WORDING, ids=[m for *_, m in WORDING])
+def test_one_wording(call, error, message):
+    with pytest.raises(error) as info:
+        call()
+    assert str(info.value) == message
+
+
+def test_helpers_return_the_checked_value():
+    assert _checks.choice("layout", "channels_first", _checks.LAYOUTS) == "channels_first"
+    assert _checks.names("ops", ["relu"], ("relu", "tanh")) == ("relu",)
+    assert _checks.positive_int("n", np.int64(3)) == 3 and type(_checks.positive_int("n", 3)) is int
+    assert _checks.non_negative_int("n", 0) == 0
+    assert _checks.positive_number("lr", 1) == 1.0
+    assert _checks.non_negative_number("wd", 0) == 0.0
+    _checks.shape("b", np.zeros(3), (3,))
+
+
+@pytest.mark.parametrize("kind, text, message", [
+    ("positive_int", "0", "must be a positive int, got 0"),
+    ("positive_int", "two", "must be a positive int, got 'two' (str)"),
+    ("non_negative_int", "-1", "must be a non-negative int, got -1"),
+    ("positive_float", "-0.1", "must be a positive finite number, got -0.1"),
+    ("positive_float", "inf", "must be a positive finite number, got inf"),
+    ("non_negative_float", "nan", "must be a non-negative finite number, got nan"),
+])
+def test_cli_number_types_use_the_same_wording(kind, text, message):
+    """argparse prints ``argument --epochs: `` before the message."""
+    import argparse
+
+    from jaxconv import cli
+
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        getattr(cli, kind)(text)
+    assert str(info.value) == message
+    assert getattr(cli, kind)("3") == 3

@@ -80,10 +80,14 @@ def test_default_grid_has_at_least_200_rows_and_covers_the_space():
 
 def test_grid_limit_and_names_are_checked():
     assert len(gc.default_grid(["relu"], ["float32"], limit=2)) == 2
-    with pytest.raises(ValueError, match="ops must be names from"):
+    with pytest.raises(ValueError, match=r"ops must be a non-empty sequence of names from "
+                       r"\('conv', .*got the unknown \['nope'\]"):
         gc.default_grid(["conv", "nope"])
-    with pytest.raises(ValueError, match="dtypes must be names from"):
+    with pytest.raises(ValueError, match=r"dtypes must be a non-empty sequence of names from "
+                       r"\('float64', 'float32', 'bfloat16'\), got the unknown \['float16'\]"):
         gc.default_grid(dtypes=["float16"])
+    with pytest.raises(ValueError, match="ops must be a non-empty sequence of names.*got none"):
+        gc.default_grid([])
     with pytest.raises(ValueError, match="limit must be a positive int"):
         gc.default_grid(limit=0)
 
@@ -157,7 +161,8 @@ def test_finite_differences_catch_a_rule_even_when_autodiff_agrees_with_it():
 
 def test_run_needs_float64_and_known_ops():
     with pytest.raises(ValueError, match="no ops given"):
-        gc.run(gc.default_grid(["relu"], limit=1), {"mse": (jaxconv.mse, jaxconv.autodiff.mse)})
+        gc.run(gc.default_grid(["relu"], limit=1),
+               {"squared_error": (jaxconv.squared_error, jaxconv.autodiff.squared_error)})
     jax.config.update("jax_enable_x64", False)
     try:
         with pytest.raises(RuntimeError, match="jax_enable_x64"):
@@ -176,10 +181,11 @@ JSON_KEYS = {"op", "config", "dtype", "source", "max_abs_err", "max_rel_err", "m
 
 def test_cli_tables_json_and_exit_code_0(tmp_path, capsys):
     out = tmp_path / "rows.json"
-    rc = main(["gradcheck", "--ops", "relu,mse", "--limit", "1", "--json", str(out)])
+    rc = main(["gradcheck", "--ops", "relu,squared_error", "--limit", "1", "--json", str(out)])
     text = capsys.readouterr().out
     assert rc == 0
-    for needle in ("relu: manual VJP vs autodiff VJP (3 rows)", "mse: manual VJP vs autodiff",
+    for needle in ("relu: manual VJP vs autodiff VJP (3 rows)",
+                   "squared_error: manual VJP vs autodiff",
                    "max abs err", "max rel err", "max ULP (f32)", "FD rel err (f64)", "PASS",
                    "rtol (float64 1e-12, float32 1e-05, bfloat16 1e-01)", "FD rel err <= 1e-06",
                    "summary",
@@ -189,7 +195,7 @@ def test_cli_tables_json_and_exit_code_0(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert len(rows) == 6
     assert {(r["op"], r["dtype"]) for r in rows} == {
-        (op, d) for op in ("relu", "mse") for d in gc.DTYPES}
+        (op, d) for op in ("relu", "squared_error") for d in gc.DTYPES}
     for r in rows:
         assert set(r) == JSON_KEYS
         assert isinstance(r["config"], dict) and r["passed"] is True

@@ -1,8 +1,11 @@
 """Max and average pooling: the rules (dy routed to the first arg-max; dy spread evenly, dy/|W|)
 against JAX's derivative of the same forward, the tie rule and the divisor by hand, finite
-differences and every floating dtype."""
+differences and every floating dtype; the channels-first adapter against ``lax.reduce_window``;
+the keyword-only options."""
 
 from __future__ import annotations
+
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -15,15 +18,18 @@ from jax.test_util import check_grads
 import jaxconv
 import jaxconv.autodiff
 
+# "FULL" padding is refused by the pools (see test_full_padding_is_refused).
+pool_cases = S.pool_cases().filter(lambda case: case.padding != "FULL")
 
-@given(case=S.pool_cases(), dtype=S.float_dtypes, seed=S.seeds)
+
+@given(case=pool_cases, dtype=S.float_dtypes, seed=S.seeds)
 def test_max_pool_gradient_equals_autodiff(case, dtype, seed):
     """Distinct input values (no ties, where the two modes may legitimately differ)."""
     x = S.distinct(seed, case.x_shape, dtype)
     S.check_manual_equals_autodiff("max_pool", case.static, (x,), seed=seed, policy="xla")
 
 
-@given(case=S.pool_cases(), dtype=S.float_dtypes, seed=S.seeds)
+@given(case=pool_cases, dtype=S.float_dtypes, seed=S.seeds)
 def test_avg_pool_gradient_equals_autodiff(case, dtype, seed):
     """The rule is the depthwise convolution's dx, computed here by XLA's convolution (its other
     formulations are covered by test_conv)."""
@@ -143,3 +149,78 @@ def test_max_pool_keeps_only_the_argmax(window, stride):
     windows = windows[:, ::step, ::step][:, : y.shape[1], : y.shape[2]]
     flat = windows.reshape(*windows.shape[:4], -1)
     np.testing.assert_array_equal(np.asarray(first), flat.argmax(-1))
+
+
+# --------------------------------------------------------------------------------------------
+# The channels-first adapter, FULL padding, keyword-only options.
+# --------------------------------------------------------------------------------------------
+
+
+def _reduce_window_nchw(name, x, window, stride, padding):
+    """The pool on x (N, C, *S) with ``lax.reduce_window``'s own window dims (1, 1, *window)."""
+    nd = x.ndim - 2
+    window = (window,) * nd if isinstance(window, int) else tuple(window)
+    stride = window if stride is None else (stride,) * nd if isinstance(stride, int) else stride
+    if isinstance(padding, int):
+        padding = ((padding, padding),) * nd
+    pads = padding if isinstance(padding, str) else ((0, 0), (0, 0), *padding)
+    init, op = (-np.inf, jax.lax.max) if name == "max_pool" else (0.0, jax.lax.add)
+    y = jax.lax.reduce_window(x, np.array(init, x.dtype), op, (1, 1, *window), (1, 1, *stride),
+                              pads)
+    return y if name == "max_pool" else y / np.prod(window)
+
+
+@pytest.mark.parametrize("name", ["max_pool", "avg_pool"])
+@given(case=pool_cases, seed=S.seeds)
+def test_channels_first_equals_reduce_window(name, case, seed):
+    """layout="channels_first": x is (N, C, *S); the output equals lax.reduce_window over the
+    NCHW array, and the manual gradient equals the autodiff twin's through the same adapter."""
+    x = np.moveaxis(S.distinct(seed, case.x_shape), -1, 1)
+    static = (*case.static, ("layout", "channels_first"))
+    y = getattr(jaxconv, name)(x, **dict(static))
+    expected = _reduce_window_nchw(name, x, case.window, case.stride, case.padding)
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-14, atol=1e-14)
+    S.check_manual_equals_autodiff(name, static, (x,), seed=seed, policy="xla")
+
+
+@pytest.mark.parametrize("name", ["max_pool", "avg_pool"])
+def test_channels_first_gradient_is_the_transposed_channels_last_one(name):
+    x = S.distinct(1, (2, 5, 4, 3))  # (N, H, W, C)
+    dy = S.normal(2, (2, 3, 2, 3))  # window 2, stride (2, 2), SAME: (N, 3, 2, C)
+    op = getattr(jaxconv, name)
+    _, dx_last = _pullback(op, x, dy, window=2, padding="SAME")
+    _, dx_first = _pullback(op, np.moveaxis(x, -1, 1), np.moveaxis(dy, -1, 1), window=2,
+                            padding="SAME", layout="channels_first")
+    np.testing.assert_array_equal(np.moveaxis(dx_first, 1, -1), dx_last)
+
+
+@pytest.mark.parametrize("name", ["max_pool", "avg_pool"])
+@pytest.mark.parametrize("padding", ["FULL", "full"])
+def test_full_padding_is_refused(name, padding):
+    """A FULL pad is window − 1 on each side: the edge windows would hold one real input among
+    padding. A pool refuses it with jaxconv's own error, eagerly and under jit."""
+    x = S.normal(0, (1, 5, 2))
+    match = r"padding must be one of \('VALID', 'SAME'\), an int or \(low, high\) pairs for a pool"
+    for fn in (getattr(jaxconv, name), getattr(jaxconv.autodiff, name)):
+        with pytest.raises(ValueError, match=match + f", got the string '{padding}'"):
+            fn(x, 2, padding=padding)
+        with pytest.raises(ValueError, match=match):
+            jax.jit(lambda x, fn=fn: fn(x, 3, stride=1, padding=padding))(x)
+
+
+@pytest.mark.parametrize("name", ["max_pool", "avg_pool"])
+def test_options_are_keyword_only(name):
+    """stride, padding and layout are keyword-only, as in jaxconv.conv: a positional stride is
+    a TypeError naming the op and its signature."""
+    x = S.normal(0, (1, 6, 2))
+    sig = (rf"{name}\(x, window, \*, stride=None, padding='VALID', layout='channels_last'\): "
+           r"too many positional arguments")
+    for fn in (getattr(jaxconv, name), getattr(jaxconv.autodiff, name)):
+        with pytest.raises(TypeError, match=sig):
+            fn(x, 2, 2)
+        with pytest.raises(TypeError, match=sig):
+            fn(x, 2, None, "VALID")
+        assert fn.__name__ == name
+        assert str(inspect.signature(fn)) == (
+            "(x, window, *, stride=None, padding='VALID', layout='channels_last')")

@@ -3,9 +3,9 @@
 4 host devices that conftest forces, and chex.variants (with and without jit).
 
 Every op takes part through one small network (conv → relu → max_pool → grouped, dilated conv →
-tanh → avg_pool → dense → sigmoid, leaky_relu, softplus → dense → cross-entropy + mse), so each
-transformation is checked on all of them with few compilations. Everything runs in float64 and
-agrees to 1e-10 of the gradient's scale.
+tanh → avg_pool → dense → sigmoid, leaky_relu, softplus → dense → cross-entropy + squared error),
+so each transformation is checked on all of them with few compilations. Everything runs in
+float64 and agrees to 1e-10 of the gradient's scale.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 import jaxconv
 
 RTOL = 1e-10
-MODES = {"manual": jaxconv.ops("manual"), "autodiff": jaxconv.ops("autodiff")}
+MODES = {"manual": jaxconv, "autodiff": jaxconv.autodiff}
 
 
 def init(seed=0):
@@ -45,7 +45,8 @@ def net(ops, params, x):
 
 def loss(ops, params, x, labels, target):
     logits = net(ops, params, x)
-    return ops.softmax_cross_entropy(logits, labels) + ops.mse(logits, target)
+    return (jnp.mean(ops.softmax_cross_entropy_with_integer_labels(logits, labels))
+            + jnp.mean(ops.squared_error(logits, target)))
 
 
 def batch(n, seed=1):
@@ -113,7 +114,8 @@ def test_grad_of_grad():
 
 
 @pytest.mark.parametrize("name", ["conv", "dense", "max_pool", "avg_pool", "relu", "leaky_relu",
-                                  "sigmoid", "tanh", "softplus", "softmax_cross_entropy", "mse"])
+                                  "sigmoid", "tanh", "softplus", "softmax_cross_entropy",
+                                  "softmax_cross_entropy_with_integer_labels", "squared_error"])
 def test_hessian(name):
     """jax.hessian (forward over reverse) of a scalar function of each op, small enough for the
     full Hessian."""
@@ -127,8 +129,12 @@ def test_hessian(name):
         "avg_pool": (lambda ops, a: jnp.sum(ops.avg_pool(a, 3, padding=1) ** 3), x4),
         "leaky_relu": (lambda ops, a: jnp.sum(ops.leaky_relu(a, 0.3) ** 3), x4),
         "softmax_cross_entropy": (
-            lambda ops, a: ops.softmax_cross_entropy(a, np.array([0, 2, 1, 1])), x4[0]),
-        "mse": (lambda ops, a: ops.mse(a ** 2, x4[0]), x4[0] * 2),
+            lambda ops, a: jnp.sum(ops.softmax_cross_entropy(a, jax.nn.softmax(x4[0] * 3))),
+            x4[0]),
+        "softmax_cross_entropy_with_integer_labels": (
+            lambda ops, a: jnp.mean(ops.softmax_cross_entropy_with_integer_labels(
+                a, np.array([0, 2, 1, 1]))), x4[0]),
+        "squared_error": (lambda ops, a: jnp.mean(ops.squared_error(a ** 2, x4[0])), x4[0] * 2),
     }
     fn, arg = calls.get(name, (lambda ops, a: jnp.sum(getattr(ops, name)(a) ** 3), x4))
     compare(lambda ops: jax.jit(jax.hessian(lambda a: fn(ops, a)))(arg))

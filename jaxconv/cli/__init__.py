@@ -12,6 +12,8 @@ import argparse
 import importlib
 import sys
 
+from jaxconv import _checks
+
 COMMANDS = ("train", "gradcheck", "explain", "bench")
 
 
@@ -60,35 +62,38 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _number(text: str, cast, accept, expected: str):
-    """argparse type: ``cast(text)`` if ``accept`` says yes, else one clear error line."""
+def _number(text: str, cast, check):
+    """argparse type: ``cast(text)`` checked by a :mod:`jaxconv._checks` helper, whose words
+    make the error line (argparse puts the option in front:
+    ``argument --epochs: must be a positive int, got 0``)."""
     try:
         value = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if not accept(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
-    return value
+        value = text  # not a number at all: the check says so
+    try:
+        return check("", value)
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err).lstrip()) from None
 
 
 def positive_int(text: str) -> int:
     """argparse type: an int > 0."""
-    return _number(text, int, lambda v: v > 0, "a positive integer")
+    return _number(text, int, _checks.positive_int)
 
 
 def non_negative_int(text: str) -> int:
     """argparse type: an int >= 0."""
-    return _number(text, int, lambda v: v >= 0, "a non-negative integer")
+    return _number(text, int, _checks.non_negative_int)
 
 
 def positive_float(text: str) -> float:
     """argparse type: a finite float > 0."""
-    return _number(text, float, lambda v: 0 < v < float("inf"), "a positive number")
+    return _number(text, float, _checks.positive_number)
 
 
 def non_negative_float(text: str) -> float:
     """argparse type: a finite float >= 0."""
-    return _number(text, float, lambda v: 0 <= v < float("inf"), "a non-negative number")
+    return _number(text, float, _checks.non_negative_number)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from jaxconv import _checks
 from jaxconv.cli import CLIError, non_negative_int, positive_int
 
 
@@ -31,9 +32,9 @@ def register(subparsers) -> None:
             "any row fails its tolerance."
         ),
     )
-    p.add_argument("--ops", type=_names("op", gc.OPS), default=gc.OPS, metavar="OP[,OP...]",
+    p.add_argument("--ops", type=_names(gc.OPS), default=gc.OPS, metavar="OP[,OP...]",
                    help=f"ops to check (default: all of {', '.join(gc.OPS)})")
-    p.add_argument("--dtypes", type=_names("dtype", gc.DTYPES), default=gc.DTYPES,
+    p.add_argument("--dtypes", type=_names(gc.DTYPES), default=gc.DTYPES,
                    metavar="DTYPE[,DTYPE...]", help="dtypes (default: float64,float32,bfloat16)")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="only the first N grid configurations of each op (a quick run)")
@@ -50,15 +51,15 @@ def register(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _names(kind: str, allowed: tuple[str, ...]):
+def _names(allowed: tuple[str, ...]):
+    """argparse type: comma-separated names from ``allowed``, checked by
+    :func:`jaxconv._checks.names` (``argument --ops: must be a non-empty sequence of names from
+    (...), got the unknown ['nope']``)."""
     def parse(text: str) -> tuple[str, ...]:
-        names = tuple(t.strip() for t in text.split(",") if t.strip())
-        unknown = [n for n in names if n not in allowed]
-        if unknown or not names:
-            raise argparse.ArgumentTypeError(
-                f"expected {kind}s from {', '.join(allowed)} separated by commas, got {text!r}"
-            )
-        return names
+        try:
+            return _checks.names("", [t.strip() for t in text.split(",") if t.strip()], allowed)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).lstrip()) from None
 
     return parse
 

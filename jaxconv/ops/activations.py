@@ -4,13 +4,15 @@ The residual is whatever makes f′ cheapest: the output s for sigmoid (s′ = s
 (t′ = 1 − t²), the mask x > 0 for relu, and x itself for leaky relu and softplus
 (softplus′ = sigmoid(x)). Derivatives at the kinks: relu′(0) = 0 and leaky_relu′(0) = α, as the
 forwards below are written with ``where(x > 0, ...)``, which JAX's autodiff also differentiates
-that way.
+that way (``jax.nn.leaky_relu`` is written with ``x >= 0`` and takes 1 there). leaky relu's slope
+α may be an array, differentiated too: dα = Σ dy · x over the non-positive x.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxconv import _checks
 from jaxconv.ops._twins import twins
@@ -35,13 +37,45 @@ def leaky_relu_forward(x, negative_slope):
     return jnp.where(x > 0, x, negative_slope * x)
 
 
+def leaky_relu_dx(positive, negative_slope, dy):
+    """dx = dy · (1 if x > 0 else α)."""
+    return jnp.where(positive, dy, negative_slope * dy)
+
+
+def leaky_relu_dslope(x, positive, dy, shape):
+    """dα = Σ dy · (0 if x > 0 else x), summed over the axes along which α (of ``shape``) was
+    broadcast to x's shape."""
+    return _sum_to_shape(jnp.where(positive, jnp.zeros_like(dy), dy * x), shape)
+
+
+# α a Python number: a constant, static to the rule; the residual is the mask alone.
 def _leaky_relu_fwd(x, negative_slope):
     return leaky_relu_forward(x, negative_slope), x > 0
 
 
-def _leaky_relu_bwd(negative_slope, mask, dy):
-    """dx = dy · (1 if x > 0 else α)."""
-    return (jnp.where(mask, dy, negative_slope * dy),)
+def _leaky_relu_bwd(negative_slope, positive, dy):
+    return (leaky_relu_dx(positive, negative_slope, dy),)
+
+
+# α an array: differentiated too; the residuals are x and α.
+def _leaky_relu_array_fwd(x, negative_slope):
+    return leaky_relu_forward(x, negative_slope), (x, negative_slope)
+
+
+def _leaky_relu_array_bwd(residuals, dy):
+    x, negative_slope = residuals
+    positive = x > 0
+    return (leaky_relu_dx(positive, negative_slope, dy),
+            leaky_relu_dslope(x, positive, dy, negative_slope.shape))
+
+
+def _sum_to_shape(a, shape):
+    """Sum ``a`` over the axes that broadcasting added or stretched to turn ``shape`` into
+    ``a.shape`` (the transpose of broadcasting)."""
+    lead = a.ndim - len(shape)
+    stretched = tuple(lead + i for i, n in enumerate(shape) if n == 1 and a.shape[lead + i] != 1)
+    a = jnp.sum(a, axis=tuple(range(lead)) + stretched, keepdims=True)
+    return a.reshape(shape)
 
 
 def sigmoid_forward(x):
@@ -96,7 +130,16 @@ def _elementwise(forward, fwd, bwd, nondiff_argnums=()):
 
 
 _relu = _elementwise(relu_forward, _relu_fwd, _relu_bwd)
-_leaky_relu = _elementwise(leaky_relu_forward, _leaky_relu_fwd, _leaky_relu_bwd, (1,))
+_leaky_relu_number = _elementwise(leaky_relu_forward, _leaky_relu_fwd, _leaky_relu_bwd, (1,))
+_leaky_relu_array = _elementwise(leaky_relu_forward, _leaky_relu_array_fwd, _leaky_relu_array_bwd)
+
+
+def _leaky_relu(x, negative_slope):
+    """The manual op: a number α is a constant of the rule (so it never becomes a cotangent,
+    under ``shard_map`` either); an array α is differentiated."""
+    if isinstance(negative_slope, float):
+        return _leaky_relu_number(x, negative_slope)
+    return _leaky_relu_array(x, negative_slope)
 _sigmoid = _elementwise(sigmoid_forward, _sigmoid_fwd, _sigmoid_bwd)
 _tanh = _elementwise(tanh_forward, _tanh_fwd, _tanh_bwd)
 _softplus = _elementwise(softplus_forward, _softplus_fwd, _softplus_bwd)
@@ -108,11 +151,24 @@ def _relu_front(core, x):
 
 
 def _leaky_relu_front(core, x, negative_slope=0.01):
-    """leaky_relu(x) = x if x > 0 else α·x, elementwise. Rule: dx = dy · (1 if x > 0 else α).
+    """leaky_relu(x) = x if x > 0 else α·x, elementwise.
 
-    ``negative_slope`` (α) is a static Python number, not differentiated.
+    Args:
+      x: floating array.
+      negative_slope: α, a non-negative Python number, or a floating array (traced or not)
+        that broadcasts to x's shape, e.g. a learned slope per channel (PReLU).
+
+    Returns:
+      An array of x's shape. Rules: ``dx = dy · (1 if x > 0 else α)`` and
+      ``dα = Σ dy · (0 if x > 0 else x)`` over the axes α was broadcast along, so an array slope
+      is differentiated like ``jax.nn.leaky_relu``'s (a Python number is a constant of the rule).
     """
-    return core(_checks.floating("x", x), _checks.non_negative("negative_slope", negative_slope))
+    x = _checks.floating("x", x)
+    if not isinstance(negative_slope, (jax.Array, np.ndarray)):
+        return core(x, _checks.non_negative_number("negative_slope", negative_slope))
+    x, negative_slope = _checks.promote(x=x, negative_slope=negative_slope)
+    _checks.broadcastable_to("negative_slope", negative_slope, x.shape)
+    return core(x, negative_slope)
 
 
 def _sigmoid_front(core, x):

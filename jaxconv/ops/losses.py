@@ -1,10 +1,19 @@
-r"""Losses with their rules.
+r"""Losses with their rules, named and reduced as in optax: one loss per example (per element
+for the squared error), never averaged; take ``jnp.mean`` of the result for a batch loss.
 
-softmax cross-entropy, logits z (..., C), integer labels t (...), mean over the M = size(t)
-examples:  L = (1/M) Σ [logsumexp(zₘ) − zₘ,ₜₘ]  and  dz = dL · (softmax(z) − onehot(t)) / M.
-The residual is the softmax itself.
+Softmax cross-entropy, logits z (..., C), probability labels y (..., C), one loss per example:
 
-mean squared error over all P elements: L = (1/P) Σ (p − q)²,  dp = dL · 2(p − q)/P,  dq = −dp.
+    Lₘ = −Σ_c yₘ,c log softmax(zₘ)_c = Σ_c yₘ,c (logsumexp(zₘ) − zₘ,c)
+    dzₘ = dLₘ · (softmax(zₘ) Σ_c yₘ,c − yₘ)      (= dLₘ · (softmax(zₘ) − yₘ) when Σ_c yₘ,c = 1)
+    dyₘ = −dLₘ · log softmax(zₘ)
+
+With integer labels t (...) the labels are the one-hot rows, so
+
+    Lₘ = logsumexp(zₘ) − zₘ,tₘ        dzₘ = dLₘ · (softmax(zₘ) − onehot(tₘ))
+
+and the labels get no gradient. The residual is the (log-)softmax itself.
+
+Squared error, elementwise: L = (p − q)²,  dp = dL · 2(p − q),  dq = −dp.
 """
 
 from __future__ import annotations
@@ -16,83 +25,146 @@ import numpy as np
 from jaxconv import _checks
 from jaxconv.ops._twins import twins
 
+# --- softmax cross-entropy, probability labels ---------------------------------------------
+
 
 def softmax_cross_entropy_forward(logits, labels):
-    """Mean over examples of logsumexp(z) − z[label]."""
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-    return jnp.mean(logz - picked)
+    """Lₘ = −Σ_c labels[m, c] · log softmax(logits[m])_c, one per example."""
+    return -jnp.sum(labels * jax.nn.log_softmax(logits, axis=-1), axis=-1)
 
 
 def _sce_fwd(logits, labels):
-    return softmax_cross_entropy_forward(logits, labels), (jax.nn.softmax(logits, axis=-1), labels)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.sum(labels * logp, axis=-1), (logp, labels)
 
 
 def _sce_bwd(residuals, dl):
-    """dz = dL · (softmax − onehot) / M; integer labels get no gradient (float0)."""
-    p, labels = residuals
-    onehot = jax.nn.one_hot(labels, p.shape[-1], dtype=p.dtype)
-    dz = (dl / labels.size) * (p - onehot)
-    return dz.astype(p.dtype), _float0_like(labels)
-
-
-def _float0_like(a):
-    return np.zeros(a.shape, dtype=jax.dtypes.float0)
+    """dlogits = dL · (softmax · Σ labels − labels); dlabels = −dL · log softmax."""
+    logp, labels = residuals
+    dl = dl[..., None]
+    dlogits = dl * (jnp.exp(logp) * jnp.sum(labels, axis=-1, keepdims=True) - labels)
+    return dlogits, -dl * logp
 
 
 _sce_manual = jax.custom_vjp(softmax_cross_entropy_forward)
 _sce_manual.defvjp(_sce_fwd, _sce_bwd)
 
 
-def mse_forward(pred, target):
-    """Mean over all elements of (pred − target)²."""
-    return jnp.mean(jnp.square(pred - target))
-
-
-def _mse_fwd(pred, target):
-    return mse_forward(pred, target), pred - target
-
-
-def _mse_bwd(diff, dl):
-    """dpred = dL · 2(pred − target)/P; dtarget = −dpred."""
-    dpred = (2 * dl / diff.size) * diff
-    return dpred.astype(diff.dtype), (-dpred).astype(diff.dtype)
-
-
-_mse_manual = jax.custom_vjp(mse_forward)
-_mse_manual.defvjp(_mse_fwd, _mse_bwd)
-
-
-def _sce_front(core, logits, labels):
-    """Softmax cross-entropy with integer labels, averaged over the examples.
+def _softmax_cross_entropy_front(core, logits, labels):
+    """Softmax cross-entropy with probability labels, one loss per example (optax's
+    ``softmax_cross_entropy``).
 
     Args:
-      logits: ``(..., C)`` floating.
-      labels: ``(...)`` integer class indices in ``[0, C)``.
+      logits: ``(..., C)`` floating, unnormalised log-probabilities.
+      labels: ``(..., C)`` floating, each row a distribution over the C classes (e.g. one-hot
+        rows, or smoothed ones); differentiated too.
 
     Returns:
-      A scalar. Rule: ``dlogits = (softmax(logits) − onehot(labels)) / M`` with M examples.
+      ``(...)``: ``−Σ_c labels · log softmax(logits)`` per example. Rule:
+      ``dlogits = dL · (softmax(logits) · Σ_c labels − labels)`` (``softmax − labels`` for rows
+      that sum to 1), ``dlabels = −dL · log softmax(logits)``.
+    """
+    logits, labels = _checks.probabilities_for(logits, labels)
+    return core(logits, labels)
+
+
+# --- softmax cross-entropy, integer labels ---------------------------------------------------
+
+
+def softmax_cross_entropy_with_integer_labels_forward(logits, labels):
+    """Lₘ = logsumexp(logits[m]) − logits[m, labels[m]], one per example."""
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    return logz - picked
+
+
+def _sce_int_fwd(logits, labels):
+    y = softmax_cross_entropy_with_integer_labels_forward(logits, labels)
+    return y, (jax.nn.softmax(logits, axis=-1), labels)
+
+
+def _sce_int_bwd(residuals, dl):
+    """dlogits = dL · (softmax − onehot(labels)); integer labels get no gradient (float0)."""
+    p, labels = residuals
+    onehot = jax.nn.one_hot(labels, p.shape[-1], dtype=p.dtype)
+    return dl[..., None] * (p - onehot), np.zeros(labels.shape, dtype=jax.dtypes.float0)
+
+
+_sce_int_manual = jax.custom_vjp(softmax_cross_entropy_with_integer_labels_forward)
+_sce_int_manual.defvjp(_sce_int_fwd, _sce_int_bwd)
+
+
+def _softmax_cross_entropy_with_integer_labels_front(core, logits, labels):
+    """Softmax cross-entropy with integer class labels, one loss per example (optax's
+    ``softmax_cross_entropy_with_integer_labels``).
+
+    Args:
+      logits: ``(..., C)`` floating, unnormalised log-probabilities.
+      labels: ``(...)`` integer class indices in ``[0, C)``; not differentiated.
+
+    Returns:
+      ``(...)``: ``logsumexp(logits) − logits[label]`` per example. Rule:
+      ``dlogits = dL · (softmax(logits) − onehot(labels))``.
     """
     logits = _checks.floating("logits", logits)
     labels = _checks.labels_for(logits, labels)
     return core(logits, labels)
 
 
-def _mse_front(core, pred, target):
-    """Mean squared error ``mean((pred − target)²)`` over all elements.
+# --- squared error ---------------------------------------------------------------------------
+
+
+def squared_error_forward(predictions, targets):
+    """(predictions − targets)², elementwise."""
+    return jnp.square(predictions - targets)
+
+
+def _squared_error_fwd(predictions, targets):
+    diff = predictions - targets
+    return jnp.square(diff), diff
+
+
+def _squared_error_bwd(diff, dl):
+    """dpredictions = dL · 2(predictions − targets); dtargets = −dpredictions."""
+    dpred = 2 * dl * diff
+    return dpred, -dpred
+
+
+_squared_error_manual = jax.custom_vjp(squared_error_forward)
+_squared_error_manual.defvjp(_squared_error_fwd, _squared_error_bwd)
+
+
+def _squared_error_front(core, predictions, targets=None):
+    """Elementwise squared error ``(predictions − targets)²`` (optax's ``squared_error``; the
+    mean squared error is ``jnp.mean`` of it, optax's ``l2_loss`` half of it).
 
     Args:
-      pred, target: floating arrays of one shape.
+      predictions: floating array.
+      targets: floating array of the same shape, or ``None`` for zeros.
 
     Returns:
-      A scalar. Rule: ``dpred = 2(pred − target)/P``, ``dtarget = −dpred``.
+      An array of ``predictions``' shape. Rule: ``dpredictions = dL · 2(predictions − targets)``,
+      ``dtargets = −dpredictions``.
     """
-    pred, target = _checks.promote(pred=pred, target=target)
-    _checks.same_shape("pred", pred, "target", target)
-    return core(pred, target)
+    if targets is None:
+        predictions = _checks.floating("predictions", predictions)
+        targets = jnp.zeros_like(predictions)
+    predictions, targets = _checks.promote(predictions=predictions, targets=targets)
+    _checks.same_shape("predictions", predictions, "targets", targets)
+    return core(predictions, targets)
 
 
 softmax_cross_entropy, softmax_cross_entropy_autodiff = twins(
-    _sce_front, _sce_manual, softmax_cross_entropy_forward
+    _softmax_cross_entropy_front, _sce_manual, softmax_cross_entropy_forward
 )
-mse, mse_autodiff = twins(_mse_front, _mse_manual, mse_forward)
+(
+    softmax_cross_entropy_with_integer_labels,
+    softmax_cross_entropy_with_integer_labels_autodiff,
+) = twins(
+    _softmax_cross_entropy_with_integer_labels_front,
+    _sce_int_manual,
+    softmax_cross_entropy_with_integer_labels_forward,
+)
+squared_error, squared_error_autodiff = twins(
+    _squared_error_front, _squared_error_manual, squared_error_forward
+)

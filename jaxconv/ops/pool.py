@@ -160,31 +160,39 @@ _avg_pool_manual = jax.custom_vjp(avg_pool_forward, nondiff_argnums=(1,))
 _avg_pool_manual.defvjp(_avg_pool_fwd, _avg_pool_bwd)
 
 
-def _pool_front(core, x, window, stride=None, padding="VALID"):
-    """Pooling over 1 to 3 spatial dims of a channels-last ``x``.
+def _pool_front(core, x, window, *, stride=None, padding="VALID", layout="channels_last"):
+    """Pooling over 1 to 3 spatial dims.
 
     Args:
-      x: ``(N, *spatial, C)``.
+      x: ``channels_last`` (default): ``(N, *spatial, C)``; ``channels_first`` (PyTorch's NCW /
+        NCHW / NCDHW): ``(N, C, *spatial)``.
       window: int or one int per spatial dim.
       stride: int, one per spatial dim, or ``None`` for the window (non-overlapping windows).
       padding: ``"VALID"``, ``"SAME"``, an int or ``(low, high)`` pairs; each pad must be smaller
-        than the window.
+        than the window (``"FULL"`` is refused: its edge windows would be mostly padding).
+      layout: ``"channels_last"`` or ``"channels_first"``.
 
     Returns:
-      ``(N, *out_spatial, C)`` with ``out = (size + lo + hi − window) // stride + 1``.
+      ``(N, *out_spatial, C)`` (or ``(N, C, *out_spatial)``) with
+      ``out = (size + lo + hi − window) // stride + 1``.
 
     See :mod:`jaxconv.ops.pool` for the rules, the tie rule and how padding counts.
     """
+    layout = _checks.layout(layout)
     x = _checks.floating("x", x)
-    return core(x, _checks.pool_config(x, window, stride, padding))
+    first = layout == "channels_first" and x.ndim >= 3
+    if first:
+        x = jnp.moveaxis(x, 1, -1)
+    y = core(x, _checks.pool_config(x, window, stride, padding, layout))
+    return jnp.moveaxis(y, -1, 1) if first else y
 
 
-def _max_pool_front(core, x, window, stride=None, padding="VALID"):
-    return _pool_front(core, x, window, stride, padding)
+def _max_pool_front(core, x, window, *, stride=None, padding="VALID", layout="channels_last"):
+    return _pool_front(core, x, window, stride=stride, padding=padding, layout=layout)
 
 
-def _avg_pool_front(core, x, window, stride=None, padding="VALID"):
-    return _pool_front(core, x, window, stride, padding)
+def _avg_pool_front(core, x, window, *, stride=None, padding="VALID", layout="channels_last"):
+    return _pool_front(core, x, window, stride=stride, padding=padding, layout=layout)
 
 
 _max_pool_front.__doc__ = "Max pooling. " + _pool_front.__doc__
