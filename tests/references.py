@@ -215,21 +215,29 @@ def softplus(x):
 
 def sech2(x):
     """tanh′ = 1 − tanh² = 4e^{−2|x|}/(1 + e^{−2|x|})²."""
-    e = np.exp(-2 * np.abs(np.asarray(x, np.float64)))
+    with np.errstate(over="ignore"):  # −2|x| = −∞ for the largest float64: e = 0, as it should
+        e = np.exp(-2 * np.abs(np.asarray(x, np.float64)))
     return 4 * e / (1 + e) ** 2
 
 
-def softmax_cross_entropy(z, labels):
-    """(mean loss, dz): logsumexp with the maximum subtracted; dz = (softmax − onehot)/M."""
+def log_softmax(z):
+    """z − logsumexp(z) over the last axis, the maximum subtracted first."""
     z = np.asarray(z, np.float64)
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def softmax_cross_entropy(z, labels):
+    """Per example −Σ_c labels_c · log_softmax(z)_c, for probability labels (..., C)."""
+    return -(np.asarray(labels, np.float64) * log_softmax(z)).sum(axis=-1)
+
+
+def softmax_cross_entropy_with_integer_labels(z, labels):
+    """Per example −log_softmax(z)[label]; and dz = softmax(z) − onehot (for dl = 1)."""
+    logp = log_softmax(z)
     labels = np.asarray(labels)
-    m = z.max(axis=-1, keepdims=True)
-    e = np.exp(z - m)
-    total = e.sum(axis=-1, keepdims=True)
-    picked = np.take_along_axis(z, labels[..., None], axis=-1)
-    loss = float(np.mean((m - picked) + np.log(total)))
-    onehot = np.eye(z.shape[-1])[labels]
-    return loss, (e / total - onehot) / max(labels.size, 1)
+    loss = -np.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+    return loss, np.exp(logp) - np.eye(logp.shape[-1])[labels]
 
 
 def _f64(a):
@@ -243,14 +251,15 @@ FORWARD = {
     "dense": lambda x, w, b=None: _f64(x) @ _f64(w) + (0.0 if b is None else _f64(b)),
     "relu": lambda x: np.maximum(_f64(x), 0),
     "leaky_relu": lambda x, negative_slope=0.01: np.where(_f64(x) > 0, _f64(x),
-                                                          negative_slope * _f64(x)),
+                                                          _f64(negative_slope) * _f64(x)),
     "sigmoid": sigmoid,
     "tanh": lambda x: np.tanh(_f64(x)),
     "softplus": softplus,
-    "softmax_cross_entropy": lambda z, labels: softmax_cross_entropy(z, labels)[0],
-    "mse": lambda p, q: float(np.mean((_f64(p) - _f64(q)) ** 2)),
+    "softmax_cross_entropy": softmax_cross_entropy,
+    "softmax_cross_entropy_with_integer_labels":
+        lambda z, labels: softmax_cross_entropy_with_integer_labels(z, labels)[0],
+    "squared_error": lambda p, t=None: (_f64(p) - (0.0 if t is None else _f64(t))) ** 2,
 }
-FORWARD["softmax_cross_entropy_with_integer_labels"] = FORWARD["softmax_cross_entropy"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,12 +287,15 @@ def lax_conv(x, w, b=None, *, stride, padding, dilation, groups, layout):
     return y + (b.reshape(-1, *(1,) * nd) if layout == "channels_first" else b)
 
 
-def lax_pool(kind, x, *, window, stride, padding):
-    """Pooling as lax computes it, channels-last: reduce_window with lax's own padding; the
-    average divides by the whole window, padded positions included."""
-    dims, strides = (1, *window, 1), (1, *stride, 1)
+def lax_pool(kind, x, *, window, stride, padding, layout="channels_last"):
+    """Pooling as lax computes it, with its own padding string or pairs and window dims
+    (1, *window, 1) or, channels-first, (1, 1, *window); the average divides by the whole
+    window, padded positions included."""
+    first = layout == "channels_first"
+    dims = (1, 1, *window) if first else (1, *window, 1)
+    strides = (1, 1, *stride) if first else (1, *stride, 1)
     if not isinstance(padding, str):
-        padding = [(0, 0), *padding, (0, 0)]
+        padding = [(0, 0), (0, 0), *padding] if first else [(0, 0), *padding, (0, 0)]
     if kind == "max":
         return lax.reduce_window(x, -np.inf, lax.max, dims, strides, padding)
     return lax.reduce_window(x, 0.0, lax.add, dims, strides, padding) / math.prod(window)

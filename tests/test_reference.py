@@ -147,33 +147,39 @@ def test_numpy_conv_reference_is_lax(case, seed):
 
 @st.composite
 def pool_inputs(draw, dtype=S.float_dtypes):
-    """A pooling case and its input: distinct values, or few levels with many ties (which max
-    pooling resolves to the first maximum in row-major window order, as JAX's own derivative
-    of reduce_window does)."""
+    """A pooling case, its layout and its input: distinct values, or few levels with many ties
+    (which max pooling resolves to the first maximum in row-major window order, as JAX's own
+    derivative of reduce_window does); channels_first moves the channels to axis 1."""
     case, dtype, seed = draw(S.pool_cases()), draw(dtype), draw(S.seeds)
     if draw(st.booleans()):
         x = S.distinct(seed, case.x_shape, dtype)
     else:
         x = (np.random.default_rng(seed).integers(-2, 3, case.x_shape) / 2).astype(dtype)
-    return case, x, seed
+    layout = draw(st.sampled_from(("channels_last", "channels_first")))
+    if layout == "channels_first":
+        x = np.moveaxis(x, -1, 1)
+    return case, layout, x, seed
 
 
 POOL_PINNED = [
     # SAME with an odd total pad (1: the extra pad goes high), 1-D, overlapping windows
-    (S.PoolCase((1, 5, 1), 2, 1, "SAME"), np.array([3.0, 1.0, 4.0, 1.0, 5.0]).reshape(1, 5, 1)),
-    # SAME, window 3 and stride 2 on 6 (total 1), 2-D, distinct values
-    (S.PoolCase((2, 6, 5, 3), 3, 2, "SAME"), S.distinct(0, (2, 6, 5, 3))),
+    (S.PoolCase((1, 5, 1), 2, 1, "SAME"), "channels_last",
+     np.array([3.0, 1.0, 4.0, 1.0, 5.0]).reshape(1, 5, 1)),
+    # SAME, window 3 and stride 2 on 6 (total 1), 2-D, distinct values, channels_first
+    (S.PoolCase((2, 6, 5, 3), 3, 2, "SAME"), "channels_first",
+     np.moveaxis(S.distinct(0, (2, 6, 5, 3)), -1, 1)),
     # all values tied: every window's first position wins
-    (S.PoolCase((1, 4, 4, 2), 2, 1, ((1, 0), (0, 1))), np.ones((1, 4, 4, 2))),
-    # FULL in 3-D with a stride that does not divide the size
-    (S.PoolCase((1, 3, 4, 2, 2), 2, (2, 3, 1), "FULL"), S.distinct(1, (1, 3, 4, 2, 2))),
+    (S.PoolCase((1, 4, 4, 2), 2, 1, ((1, 0), (0, 1))), "channels_last", np.ones((1, 4, 4, 2))),
+    # 3-D, asymmetric pads, a stride that does not divide the size, channels_first
+    (S.PoolCase((1, 3, 4, 2, 2), 2, (2, 3, 1), ((1, 0), (0, 1), (1, 1))), "channels_first",
+     np.moveaxis(S.distinct(1, (1, 3, 4, 2, 2)), -1, 1)),
 ]
 
 
 def _pool_examples(test):
-    for case, x in POOL_PINNED:
-        test = example(kind="max", drawn=(case, x, 0))(test)
-        test = example(kind="avg", drawn=(case, x, 0))(test)
+    for case, layout, x in POOL_PINNED:
+        test = example(kind="max", drawn=(case, layout, x, 0))(test)
+        test = example(kind="avg", drawn=(case, layout, x, 0))(test)
     return test
 
 
@@ -181,24 +187,24 @@ def _pool_examples(test):
 @given(kind=st.sampled_from(("max", "avg")), drawn=pool_inputs())
 @_pool_examples
 def test_pool_against_lax_and_numpy(kind, drawn):
-    """max_pool / avg_pool (called with keyword options) and their gradients equal
-    lax.reduce_window with lax's own padding, differentiated by JAX, and the numpy loops over
-    the definition; ties go to the first maximum in all three."""
-    case, x, seed = drawn
+    """max_pool / avg_pool (called with keyword options, either layout) and their gradients
+    equal lax.reduce_window with lax's own padding and window dims (NC* for channels_first),
+    differentiated by JAX, and the numpy loops over the definition; ties go to the first
+    maximum in all three."""
+    case, layout, x, seed = drawn
     nd = x.ndim - 2
     op = jaxconv.max_pool if kind == "max" else jaxconv.avg_pool
     window = R.per_dim(case.window, nd)
     stride = window if case.stride is None else R.per_dim(case.stride, nd)
 
     def ours_fn(x):
-        return op(x, case.window, stride=case.stride, padding=case.padding)
+        return op(x, case.window, stride=case.stride, padding=case.padding, layout=layout)
 
     dy = S.normal(seed + 1, jax.eval_shape(ours_fn, x).shape, x.dtype)
     ours = _run(ours_fn, (x,), dy, "xla")
-    what = f"{kind}_pool {case}"
-    padding = _lax_padding(case.padding, nd)
-    if padding is not None:
-        ref = functools.partial(R.lax_pool, kind, window=window, stride=stride, padding=padding)
-        _assert_close(ours, _run(ref, (x,), dy), x.dtype, f"{what} vs lax")
-    y, dx = R.pool_call(kind, x, case.window, case.stride, case.padding, dy)
+    what = f"{kind}_pool {case} {layout}"
+    ref = functools.partial(R.lax_pool, kind, window=window, stride=stride,
+                            padding=_lax_padding(case.padding, nd), layout=layout)
+    _assert_close(ours, _run(ref, (x,), dy), x.dtype, f"{what} vs lax")
+    y, dx = R.pool_call(kind, x, case.window, case.stride, case.padding, dy, layout)
     _assert_close(ours, (y, (dx,)), x.dtype, f"{what} vs numpy")
