@@ -299,3 +299,11 @@ def lax_pool(kind, x, *, window, stride, padding, layout="channels_last"):
     if kind == "max":
         return lax.reduce_window(x, -np.inf, lax.max, dims, strides, padding)
     return lax.reduce_window(x, 0.0, lax.add, dims, strides, padding) / math.prod(window)
+
+# The pullbacks (one gradient per differentiated argument) where a test needs a reference that
+# does not go through JAX: conv (x, w[, b]) and avg_pool (x).
+VJP = {
+    "conv": lambda x, w, b=None, *, dy, **kw: conv_call(x, w, b, dy, **kw)[1][: 2 if b is None
+                                                                              else 3],
+    "avg_pool": lambda x, window, *, dy, **kw: (pool_call("avg", x, window, dy=dy, **kw)[1],),
+}

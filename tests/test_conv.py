@@ -37,6 +37,9 @@ AUTO_PINNED = [
     S.ConvCase((2, 9, 9, 2), (3, 3, 2, 4), True, 1, 1, 1, 1, "channels_last"),
     S.ConvCase((1, 6, 7, 4), (2, 3, 2, 6), False, (1, 2), "SAME", (1, 2), 2, "channels_last"),
     S.ConvCase((1, 2, 6, 5), (3, 2, 2, 3), True, (2, 3), "FULL", (1, 2), 1, "channels_first"),
+    # JAX's own dX (and the xla dX rule) abort XLA:CPU here: see strategies.xla_dx_may_abort
+    S.ConvCase((2, 3, 10, 1), (4, 2, 1, 2), True, (3, 2), ((2, 2), (1, 1)), 1, 1,
+               "channels_last"),
 ]
 
 
