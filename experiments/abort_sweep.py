@@ -17,7 +17,8 @@ exception) or ``timeout``. Targets:
   ``lax.conv_general_dilated`` (no ``lhs_dilation`` in the forward);
 - ``jaxconv_1st:<set>`` / ``jaxconv_2nd:<set>``: ``jaxconv.conv``'s manual gradient, first and
   second order, with every role forced to one formulation set (``jaxconv.ops._algorithms.use``);
-- ``autodiff_conv_2nd``: the same for ``jaxconv.autodiff.conv`` (XLA forward);
+- ``autodiff_conv_1st`` / ``autodiff_conv_2nd``: JAX's gradient of ``jaxconv.autodiff.conv``
+  (XLA forward), first and second order;
 - ``{max,avg}_pool_{manual,autodiff}_{1st,2nd}``: the pools.
 
 Usage::
@@ -138,7 +139,7 @@ def _run_one(cfg: dict) -> None:
         w = normal((*cfg["kernel"], cfg["c_in"], cfg["c_out"]))
         kw = dict(stride=cfg["stride"], padding=[tuple(p) for p in cfg["padding"]],
                   dilation=cfg["dilation"])
-        if target == "autodiff_conv_2nd":
+        if target.startswith("autodiff_conv"):
             op, forced = jaxconv.autodiff.conv, dict(forward="xla")
         else:
             op = jaxconv.conv
@@ -201,13 +202,16 @@ def around_repro() -> list[dict]:
         configs += [{**REPRO, key: value} for value in values]
     mapped = {**REPRO, "size": [3, 10], "stride": [3, 2], "lhs_dilation": [1, 1],
               "padding": [[2, 2], [1, 1]]}
-    for target in ("lax_2nd", "autodiff_conv_2nd", *(f"jaxconv_{o}:{name}" for o in ("1st", "2nd")
-                                                       for name in SETS)):
+    for target in ("lax_2nd", "autodiff_conv_1st", "autodiff_conv_2nd",
+                   *(f"jaxconv_{o}:{name}" for o in ("1st", "2nd") for name in SETS)):
         configs += [{**mapped, "target": target}, {**mapped, "target": target, "n": 1,
                                                    "dtype": "float64"}]
     pool = {**mapped, "kernel": [3, 2], "padding": [[1, 1], [0, 0]], "size": [4, 11]}
+    # avg_pool's rule is the depthwise dX: window (3, 2), stride (3, 2), pads ((1, 1), (1, 1))
+    # on (4, 10) make its dX convolution the repro's pattern (dy (2, 6), kernel (3, 2))
+    in_class = {**pool, "padding": [[1, 1], [1, 1]], "size": [4, 10]}
     for target in (t for t in TARGETS if "pool" in t):
-        configs.append({**pool, "target": target})
+        configs += [{**pool, "target": target}, {**in_class, "target": target}]
     return configs
 
 
@@ -256,10 +260,39 @@ def run_child(cfg: dict, timeout: float) -> dict:
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
+FINDINGS = """\
+## What aborts
+
+- The abort is in compiling **one convolution with `lhs_dilation`**, not in differentiating:
+  `lax_fwd` (the repro's convolution alone, no gradient) aborts exactly like the repro's
+  gradient. A gradient aborts when it contains such a convolution: JAX's dX of a strided
+  convolution, JAX's second derivatives, and jaxconv's `xla` dX rule (first order).
+- The class, from the grid (`lax_fwd`, 2-D; every other parameter as in the repro): one
+  spatial dim a with kernel = lhs_dilation = 2, no padding and stride 1 there, and another dim b
+  whose kernel is larger than the undilated input along b (K_b > I_b) with a non-empty output.
+  Change any one of these and it compiles: padding (1, 1) or (0, 1) on dim a, kernel 1 or 3 on
+  dim a, lhs_dilation 1 or 3 on dim a, stride or rhs dilation 2 on dim a, K_b <= I_b, or 1-D.
+  Kernel = lhs_dilation = 3 or 4 on dim a did not abort in the two configurations tried.
+- For a forward convolution (stride s, kernel K, pads (lo, hi), output O) the dX convolution has
+  lhs_dilation s, kernel K and pads (K − 1 − lo, K − 1 + r − hi): the class is a forward with
+  s_a = K_a = 2, lo_a = 1, hi_a = 1 + r_a on one dim and K_b > O_b on another, e.g. x (N, 3, 10,
+  C), w (4, 2, C, C'), stride (3, 2), padding ((2, 2), (1, 1)). There, `jax.grad` of
+  `lax.conv_general_dilated` w.r.t. x aborts (`autodiff_conv_1st`), and so does `jaxconv.conv`'s
+  manual gradient when dX runs as XLA's convolution (`jaxconv_1st:xla`: the `"xla"` policy, or
+  `use(dx="xla")`); its `shifted`, `col2im` and `banded` dX do not. `jaxconv.avg_pool`'s rule is
+  the depthwise dX, so under the `"xla"` policy window (3, 2), stride (3, 2), padding
+  ((1, 1), (1, 1)) on a (4, 10) input aborts too; max_pool and the pools' autodiff twins
+  (reduce_window) never did.
+- Random configurations (1-3 per target here, 12 per target in an earlier partial run) almost
+  never hit the class: it needs the exact coincidence above.
+"""
+
+
 def summarize(runs: list[dict]) -> str:
     lines = ["# Which gradient programs abort XLA:CPU (jaxlib 0.10.2)", "",
              "Each row: one target, its configurations run each in its own subprocess "
-             "(`python experiments/abort_sweep.py`).", "",
+             "(`python experiments/abort_sweep.py --around`).", "", FINDINGS,
+             "## Runs", "",
              "| target | runs | ok | abort | error | timeout |", "|---|---|---|---|---|---|"]
     by_target: dict[str, list[dict]] = {}
     for r in runs:
