@@ -68,6 +68,18 @@ def test_jit():
                                          argnums=(0, 1)))(params, x))
 
 
+def test_no_rule_uses_autodiff():
+    """Every op of the network runs its own hand-written rule (13 calls of manual ops), and no
+    JAX differentiation happens inside any rule (see strategies.watch_rules); the autodiff
+    network runs none."""
+    params, (x, labels, target) = init(), batch(2)
+    for mode, rules in (("manual", 13), ("autodiff", 0)):
+        with S.watch_rules() as log:
+            jax.make_jaxpr(jax.grad(lambda p, ops=MODES[mode]: loss(ops, p, x, labels, target)))(
+                params)
+        assert log == {"rules": rules, "autodiff": []}, (mode, log)
+
+
 def test_vmap_per_example_gradients():
     params, (x, labels, target) = init(), batch(4)
 
