@@ -16,7 +16,7 @@ exception) or ``timeout``. Targets:
 - ``lax_2nd``: JAX's second derivative (grad of a function of grad) of a plain strided, dilated
   ``lax.conv_general_dilated`` (no ``lhs_dilation`` in the forward);
 - ``jaxconv_1st:<set>`` / ``jaxconv_2nd:<set>``: ``jaxconv.conv``'s manual gradient, first and
-  second order, with every role forced to one formulation set (``jaxconv.ops._algorithms.use``);
+  second order, with every role forced to one formulation set (``jaxconv.ops.jaxconv.use``);
 - ``autodiff_conv_1st`` / ``autodiff_conv_2nd``: JAX's gradient of ``jaxconv.autodiff.conv``
   (XLA forward), first and second order;
 - ``{max,avg}_pool_{manual,autodiff}_{1st,2nd}``: the pools.
@@ -81,7 +81,6 @@ def _run_one(cfg: dict) -> None:
     jax.config.update("jax_enable_x64", True)
     import jaxconv
     import jaxconv.autodiff
-    from jaxconv.ops import _algorithms
 
     target, nd, dtype = cfg["target"], cfg["nd"], np.dtype(cfg["dtype"])
     rng = np.random.default_rng(0)
@@ -130,7 +129,7 @@ def _run_one(cfg: dict) -> None:
                                                                     cfg["padding"]])
             return jnp.sum(jnp.sin(y))
 
-        with _algorithms.policy(cfg.get("policy")):  # the manual avg_pool's dX is a conv's
+        with jaxconv.policy(cfg.get("policy")):  # the manual avg_pool's dX is a conv's
             if order == "1st":
                 out = jax.jit(jax.grad(loss))(x)
             else:
@@ -150,7 +149,7 @@ def _run_one(cfg: dict) -> None:
         def loss(x, w):
             return jnp.sum(jnp.sin(op(x, w, **kw)))
 
-        with _algorithms.use(**forced):
+        with jaxconv.use(**forced):
             if "_1st" in target:
                 out = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
             else:

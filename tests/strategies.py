@@ -153,9 +153,9 @@ def vjp_both(name: str, static: tuple, args: tuple, const: tuple, dy: Any, polic
 def vjp_manual_safe(name: str, static: tuple, args: tuple, const: tuple, dy: Any):
     """``(y, grads)`` of the manual op with its dX rule computed by shifted matrix products
     (never XLA's convolution with ``lhs_dilation``): see :func:`xla_dx_may_abort`."""
-    from jaxconv.ops import _algorithms
+    import jaxconv
 
-    with _algorithms.use(dx="shifted"):
+    with jaxconv.use(dx="shifted"):
         y, pullback = jax.vjp(lambda *a: _op("manual", name)(*a, *const, **dict(static)), *args)
         return y, pullback(dy)
 

@@ -592,12 +592,10 @@ def test_issue_case_gradient_exits_cleanly():
         S.assert_scaled_close(dx, dx_ref, 1e-5, "dx")
 
 
-@pytest.mark.xfail(strict=True, reason="conv.py's dX formulation 'xla' is the lhs-dilated "
-                   "convolution that jaxlib 0.10.2 aborts on (the xla dx formulation)")
 def test_issue_case_under_the_xla_policy():
-    """Under the "xla" policy the forward of conv_transpose (conv_dx by one XLA convolution with
-    lhs_dilation) is the aborting call itself. Strict xfail: when dx_xla stops emitting that
-    pattern on CPU, this passes, fails as XPASS, and the mark is to be removed."""
+    """Under the "xla" policy the forward of conv_transpose would be conv_dx as one XLA
+    convolution with lhs_dilation, the aborting call itself; the choice computes such a dX as
+    shifted products instead (``_choice.xla_dx_may_abort``), so the process survives."""
     res = _run("""
         import jaxconv
         w = np.flip(np.swapaxes(w_lax, 0, 1), (2, 3)).copy()

@@ -20,7 +20,7 @@ import strategies as S
 import jaxconv
 
 # The one place that names the forcing API (it may move to jaxconv.use).
-from jaxconv.ops._algorithms import use
+from jaxconv import use
 
 # (forward, dx, dw) forced together; every formulation of every role appears in one set.
 SETS = {

@@ -23,7 +23,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import jaxconv
-from jaxconv.ops._algorithms import use
+from jaxconv import use
 
 # Every example compiles two small programs (the op's vjp and the reference's) in well under a
 # second: the profile's full count for both.

@@ -221,7 +221,29 @@ def eligible(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[str, 
         names = tuple(n for n in names if n != "banded")
     if not _formulations.winograd_suits(w_shape, cfg):
         names = tuple(n for n in names if n != "winograd")
+    if role == "dx" and xla_dx_may_abort(x_shape, w_shape, cfg):
+        names = tuple(n for n in names if n != "xla")
     return names
+
+
+def xla_dx_may_abort(x_shape, w_shape, cfg: ConvConfig) -> bool:
+    """Whether XLA:CPU (jaxlib 0.10.2) may abort the whole process compiling the ``xla`` dX of
+    this convolution: one convolution with dy dilated by the stride (``lhs_dilation``).
+
+    ``experiments/abort_sweep.py`` found the class (results/abort_sweep.md): 2 or more spatial
+    dims, one with stride = kernel >= 2, another whose (dilated) kernel is larger than dy. It is
+    taken broadly here (any stride >= 2 in one dim, a kernel larger than dy in another): there
+    ``xla`` is not eligible for dX, and :func:`choose` computes dX as ``shifted`` products even
+    under the ``"xla"`` policy or a forced ``use(dx="xla")``. Other backends are unaffected.
+    """
+    nd = len(w_shape) - 2
+    if nd < 2 or jax.default_backend() != "cpu":
+        return False
+    kernel = tuple(w_shape[:nd])
+    out = out_spatial(tuple(x_shape[1:-1]), kernel, cfg)
+    strided = [a for a in range(nd) if cfg.stride[a] >= 2]
+    wide = [b for b in range(nd) if effective(kernel[b], cfg.dilation[b]) > out[b]]
+    return any(a != b for a in strided for b in wide)
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,7 +461,15 @@ def measured(x_shape, w_shape, cfg: ConvConfig, dtype) -> dict[str, str]:
 
 def choose(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     """The formulation of ``role`` ("forward", "dx" or "dw") for this problem: the one forced
-    by :func:`use`, else the policy's."""
+    by :func:`use`, else the policy's; never an ``xla`` dX that XLA:CPU would abort on
+    (:func:`xla_dx_may_abort`)."""
+    name = _choose(role, x_shape, w_shape, cfg, dtype)
+    if role == "dx" and name == "xla" and xla_dx_may_abort(x_shape, w_shape, cfg):
+        return "shifted"
+    return name
+
+
+def _choose(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     mode, forced = key()
     if role in dict(forced):
         name = dict(forced)[role]

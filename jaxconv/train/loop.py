@@ -18,6 +18,7 @@ from jaxconv import data as data_lib
 from jaxconv import distributed
 from jaxconv._io import atomic_open
 from jaxconv.models import GRADS
+from jaxconv.ops import _choice
 from jaxconv.train._cache import cached
 from jaxconv.train.config import RUN_FIELDS, TrainConfig
 from jaxconv.train.step import evaluate, make_epoch, make_optimizer
@@ -385,13 +386,14 @@ def _optimizer(config: TrainConfig, steps_per_epoch: int):
 def _epoch_key(run: _Run, grads: str, avals) -> tuple:
     """What a compiled epoch depends on: the model, the optimizer's hyperparameters and run
     length, the gradient mode, comparing or not, the arguments' structure, shapes, dtypes and the
-    mesh's devices, and x64. (Add here anything else that changes the compiled program.)"""
+    mesh's devices, x64, and the convolution formulation policy in force (``_choice.key()``).
+    (Add here anything else that changes the compiled program.)"""
     c = run.config
     leaves, treedef = jax.tree.flatten(avals)
     return ("epoch", c.model, c.optimizer, c.lr, run.steps_per_epoch * c.epochs, c.schedule,
             c.weight_decay, c.momentum, grads, c.compare and grads == c.grads, treedef,
             tuple((a.shape, str(a.dtype)) for a in leaves), bool(jax.config.jax_enable_x64),
-            tuple(d.id for d in run.mesh.devices.flat))
+            tuple(d.id for d in run.mesh.devices.flat), _choice.key())
 
 
 def _compiled_epoch(run: _Run, grads: str, data: tuple):
