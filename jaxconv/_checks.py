@@ -170,8 +170,9 @@ def promote(**arrays: Any) -> tuple[Any, ...]:
     return tuple(None if v is None else v.astype(dtype) for v in checked.values())
 
 
-def per_dim(name: str, value: Any, nd: int) -> tuple[int, ...]:
-    """An int, or one positive int per spatial dimension, as an ``nd``-tuple."""
+def per_dim(name: str, value: Any, nd: int, minimum: int = 1) -> tuple[int, ...]:
+    """An int, or one int >= ``minimum`` (positive by default) per spatial dimension, as an
+    ``nd``-tuple."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         values: Sequence[Any] = (value,) * nd
     elif isinstance(value, Sequence) and not isinstance(value, str):
@@ -187,8 +188,9 @@ def per_dim(name: str, value: Any, nd: int) -> tuple[int, ...]:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"{name} must contain ints, got {value!r}")
-        if v <= 0:
-            raise ValueError(f"{name} must be positive in every dimension, got {value!r}")
+        if v < minimum:
+            kind = "positive" if minimum == 1 else f">= {minimum}" if minimum else "non-negative"
+            raise ValueError(f"{name} must be {kind} in every dimension, got {value!r}")
         out.append(int(v))
     return tuple(out)
 
@@ -450,23 +452,7 @@ class ConvTransposeConfig:
 
 def non_negative_per_dim(name: str, value: Any, nd: int) -> tuple[int, ...]:
     """An int, or one non-negative int per spatial dimension, as an ``nd``-tuple."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        values: Sequence[Any] = (value,) * nd
-    elif isinstance(value, Sequence) and not isinstance(value, str):
-        values = value
-        if len(values) != nd:
-            raise ValueError(
-                f"{name} must be an int or a sequence of {nd} ints (one per spatial dimension), "
-                f"got {value!r} of length {len(values)}"
-            )
-    else:
-        raise TypeError(f"{name} must be an int or a sequence of {nd} ints, got {_describe(value)}")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must contain ints, got {value!r}")
-        if v < 0:
-            raise ValueError(f"{name} must be non-negative in every dimension, got {value!r}")
-    return tuple(int(v) for v in values)
+    return per_dim(name, value, nd, minimum=0)
 
 
 def conv_transpose_config(

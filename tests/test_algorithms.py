@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import references
 from hypothesis import given, settings
 
 import jaxconv
@@ -84,9 +85,11 @@ def test_every_formulation_equals_the_reference(problem):
     x, w, dy = _arrays(x_shape, w_shape, cfg, seed)
     kernel, in_size = tuple(w_shape[:-2]), tuple(x_shape[1:-1])
     args = {"forward": (x, w, cfg), "dx": (dy, w, in_size, cfg), "dw": (x, dy, kernel, cfg)}
+    aborts = C.xla_dx_may_abort(x_shape, w_shape, cfg)
     for role in C.ROLES:
         names = C.eligible(role, x_shape, w_shape, cfg, jnp.float64)
-        assert "xla" in names and "shifted" in names
+        assert "shifted" in names
+        assert ("xla" in names) == (role != "dx" or not aborts)
         assert ("winograd" in names) == (role == "forward" and w_shape[:-2] == (3, 3)
                                          and cfg.stride == (1, 1) and cfg.dilation == (1, 1)
                                          and cfg.groups == 1)
@@ -96,7 +99,11 @@ def test_every_formulation_equals_the_reference(problem):
             fn = K.TABLES[role][name]
             return jax.jit(lambda a, b: fn(a, b, *static))(*args[role][:2])
 
-        expected = call("xla")
+        if "xla" in names:
+            expected = call("xla")
+        else:  # XLA:CPU may abort compiling the xla dX here: numpy's dx is the reference
+            expected = references.conv_vjp(x, w, dy, cfg.stride, cfg.padding, cfg.dilation,
+                                           cfg.groups)[0]
         for name in names:
             _close(call(name), expected)
 
@@ -117,9 +124,14 @@ def test_manual_gradients_equal_jax_grad_under_every_forced_formulation(problem,
 
     with jaxconv.use(forward=fwd, dx=dx, dw=dw):
         manual = jax.jit(jax.value_and_grad(loss(jaxconv.conv), argnums=(0, 1, 2)))(x, w, b)
-    with jaxconv.policy("xla"):
-        reference = jax.jit(jax.value_and_grad(loss(jaxconv.autodiff.conv),
-                                               argnums=(0, 1, 2)))(x, w, b)
+    if C.xla_dx_may_abort(x_shape, w_shape, cfg):  # JAX's own dX could abort XLA:CPU here
+        args = (cfg.stride, cfg.padding, cfg.dilation, cfg.groups)
+        y = references.conv(x, w, b, *args)
+        reference = (np.sum(np.sin(y)), references.conv_vjp(x, w, np.cos(y), *args))
+    else:
+        with jaxconv.policy("xla"):
+            reference = jax.jit(jax.value_and_grad(loss(jaxconv.autodiff.conv),
+                                                   argnums=(0, 1, 2)))(x, w, b)
     jax.tree.map(_close, manual, reference)
 
 

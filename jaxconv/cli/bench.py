@@ -48,7 +48,7 @@ def _names(text: str, known: list[str], what: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise CLIError(f"--{what} must name items of {known}, 'all' or 'none'; got {unknown}")
+        raise CLIError(f"--{what} must name items of {known}, 'all' or 'none', got {unknown}")
     return names
 
 

@@ -84,10 +84,7 @@ def max_pool_argmax(x, y, cfg: PoolConfig):
     window = _as_conv(cfg, groups=1)
     size = math.prod(cfg.window)
     dtype = np.int8 if size < 128 else np.int32
-    x_pad = lax.pad(
-        x, np.array(-np.inf, x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in cfg.padding),
-                                        (0, 0, 0)]
-    )
+    x_pad = _geometry.pad(x, cfg.padding, -np.inf)
     first = jnp.full(y.shape, size, dtype)
     for index, offset in reversed(list(enumerate(_geometry.offsets(cfg.window)))):
         hit = _geometry.view(x_pad, offset, y.shape[1:-1], window) == y
