@@ -240,6 +240,24 @@ def softmax_cross_entropy_with_integer_labels(z, labels):
     return loss, np.exp(logp) - np.eye(logp.shape[-1])[labels]
 
 
+def dot_general(x, w, dimension_numbers):
+    """lax.dot_general's definition by numpy: batch axes kept, contracting axes summed, the
+    result ordered (batch, x's free axes, w's free axes)."""
+    (cx, cw), (bx, bw) = dimension_numbers
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    sx, sw = [None] * np.ndim(x), [None] * np.ndim(w)
+    for i, j in zip(bx, bw, strict=True):
+        sx[i] = sw[j] = next(letters)
+    for i, j in zip(cx, cw, strict=True):
+        sx[i] = sw[j] = next(letters)
+    for spec in (sx, sw):
+        for i, s in enumerate(spec):
+            spec[i] = next(letters) if s is None else s
+    out = ([sx[i] for i in bx] + [s for i, s in enumerate(sx) if i not in (*bx, *cx)]
+           + [s for j, s in enumerate(sw) if j not in (*bw, *cw)])
+    return np.einsum(f"{''.join(sx)},{''.join(sw)}->{''.join(out)}", _f64(x), _f64(w))
+
+
 def _f64(a):
     return np.asarray(a, np.float64)
 
@@ -249,6 +267,8 @@ FORWARD = {
     "max_pool": lambda x, window, **kw: pool_call("max", x, window, **kw),
     "avg_pool": lambda x, window, **kw: pool_call("avg", x, window, **kw),
     "dense": lambda x, w, b=None: _f64(x) @ _f64(w) + (0.0 if b is None else _f64(b)),
+    "dot_general": lambda x, w, dimension_numbers, precision=None: dot_general(
+        x, w, dimension_numbers),
     "relu": lambda x: np.maximum(_f64(x), 0),
     "leaky_relu": lambda x, negative_slope=0.01: np.where(_f64(x) > 0, _f64(x),
                                                           _f64(negative_slope) * _f64(x)),

@@ -11,7 +11,8 @@ import types
 import jaxconv
 import jaxconv.autodiff
 
-OPS = ["avg_pool", "conv", "conv1d", "conv2d", "conv3d", "dense", "leaky_relu", "max_pool",
+OPS = ["avg_pool", "conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "dense", "dot_general",
+       "leaky_relu", "max_pool",
        "relu", "sigmoid", "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels",
        "softplus", "squared_error", "tanh"]
 
