@@ -14,6 +14,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["JAXCONV_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxconv-tests-")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
@@ -31,3 +32,12 @@ settings.register_profile("thorough", max_examples=5000, **_common)
 settings.register_profile("quick", max_examples=25, **_common)
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module. The suite compiles thousands of
+    small programs in one process; kept all at once, XLA:CPU's compiler crashed (a segfault in
+    backend_compile) late in full runs, never in a module run alone."""
+    yield
+    jax.clear_caches()

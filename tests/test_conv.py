@@ -174,7 +174,9 @@ def test_dtypes(dtype, x_shape, w_shape, kwargs):
 JAXPR_CASES = [
     ((2, 6, 3), (3, 3, 4), dict(stride=2, padding=((1, 0),))),
     ((2, 6, 5, 4), (2, 3, 2, 4), dict(dilation=(2, 1), groups=2, padding="SAME")),
-    ((1, 4, 4, 4, 3), (2, 2, 2, 1, 3), dict(groups=3, stride=(1, 2, 3))),
+    # (stride (1, 2, 3) here would put dx in the class XLA:CPU aborts on, which the choice
+    # computes as shifted products under every policy: see test_xla_dx_never_in_the_abort_class)
+    ((1, 4, 4, 4, 3), (2, 2, 2, 1, 3), dict(groups=3, stride=(1, 2, 1))),
 ]
 
 
@@ -208,6 +210,19 @@ def test_gradient_jaxpr_is_three_convolutions(x_shape, w_shape, kwargs):
     assert "reduce_sum" in names  # db = Σ dy
     for banned in ("dot_general", "while", "scan", "cond", "custom_vjp_call"):
         assert banned not in names, (banned, names)
+
+
+def test_xla_dx_never_in_the_abort_class():
+    """Under the "xla" policy the dx of a configuration in XLA:CPU's aborting class (a stride in
+    one dim, a kernel larger than dy in another) is not one lhs-dilated convolution: only the
+    forward and dw are convolutions, and no convolution dilates its input."""
+    x, w, b = S.normal(0, (1, 4, 4, 4, 3)), S.normal(1, (2, 2, 2, 1, 3)), S.normal(2, (3,))
+    kwargs = dict(groups=3, stride=(1, 2, 3))
+    with S.conv_policy("xla"):
+        jaxpr = _grad_jaxpr(jaxconv.conv, x, w, b, kwargs)
+    convs = [e for e in S.equations(jaxpr) if e.primitive.name == "conv_general_dilated"]
+    assert len(convs) == 2, [e.primitive.name for e in S.equations(jaxpr)]
+    assert all(set(e.params["lhs_dilation"]) == {1} for e in convs)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kwargs", JAXPR_CASES)
