@@ -2,6 +2,8 @@
 codes, and that a deliberately broken rule fails."""
 
 import json
+import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -248,3 +250,103 @@ def test_cli_bad_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
+
+
+# --------------------------------------------------------------------------------------------
+# --fun MODULE:FACTORY: the user's own function (README's mymodel.py).
+# --------------------------------------------------------------------------------------------
+
+
+def _readme_mymodel() -> str:
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+               if "def make()" in b]
+    return block
+
+
+@pytest.fixture
+def user_dir(tmp_path, monkeypatch):
+    """The current directory holds README's mymodel.py (and whatever a test adds); sys.path and
+    sys.modules are restored afterwards."""
+    (tmp_path / "mymodel.py").write_text(_readme_mymodel())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    yield tmp_path
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def test_cli_fun_runs_the_readme_example(user_dir, capsys):
+    out = user_dir / "rows.json"
+    rc = main(["gradcheck", "--fun", "mymodel:make", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    for needle in ("mymodel:make: manual vs autodiff gradients (2 leaves)", "args[0]['conv']",
+                   "args[0]['dense']", "3×3×1×4", "256×10", "rtol 1e-10",
+                   "2 leaves checked", "2 passed, 0 failed"):
+        assert needle in text, needle
+    assert "FAIL" not in text
+    rows = json.loads(out.read_text())
+    assert [r["leaf"] for r in rows] == ["args[0]['conv']", "args[0]['dense']"]
+    assert all(r["passed"] and r["rel_err"] < 1e-12 and r["scale"] > 0 for r in rows)
+
+
+def test_cli_fun_argnums_kwargs_and_rtol(user_dir, capsys):
+    (user_dir / "withkw.py").write_text(
+        "import mymodel\n"
+        "def make():\n"
+        "    loss, (params, x, y) = mymodel.make()\n"
+        "    return (lambda params, x, *, y: loss(params, x, y)), (params, x), {'y': y}\n")
+    out = user_dir / "rows.json"
+    rc = main(["gradcheck", "--fun", "withkw:make", "--argnums", "0,1", "--rtol", "1e-9",
+               "--json", str(out)])
+    assert rc == 0, capsys.readouterr()
+    rows = json.loads(out.read_text())
+    assert [(r["leaf"], r["shape"]) for r in rows] == [
+        ("args[0]['conv']", [3, 3, 1, 4]), ("args[0]['dense']", [256, 10]),
+        ("args[1]", [16, 8, 8, 1])]
+    assert all(r["rtol"] == 1e-9 for r in rows)
+
+
+def test_cli_fun_exits_1_on_a_broken_rule(user_dir, monkeypatch, capsys):
+    """The convolution mapped onto a rule with the kernel not rotated: its leaf fails, the
+    dense leaf still passes."""
+    from jaxconv.ops import conv as conv_module
+
+    monkeypatch.setattr(conv_module, "conv", BROKEN_CONV)
+    out = user_dir / "rows.json"
+    rc = main(["gradcheck", "--fun", "mymodel:make", "--argnums", "1", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 1
+    assert "FAIL" in text and "0 passed, 1 failed" in text
+    [row] = json.loads(out.read_text())
+    assert row["leaf"] == "args[1]" and not row["passed"] and row["rel_err"] > 1e-3
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--fun", "nocolon"], "expected MODULE:FACTORY"),
+    (["--fun", "no_such_module_4711:make"], "no module named 'no_such_module_4711'"),
+    (["--fun", "mymodel:nope"], "has no attribute 'nope'"),
+    (["--fun", "mymodel:jax"], "must be a function returning (fun, args)"),
+    (["--fun", "broken:make"], "importing 'broken' failed: ZeroDivisionError"),
+    (["--fun", "bad:raises"], "bad:raises() raised RuntimeError: no data"),
+    (["--fun", "bad:three"], "must return (fun, args) or (fun, args, kwargs), got int"),
+    (["--fun", "bad:not_callable"], "returned fun = int, not a callable"),
+    (["--fun", "mymodel:make", "--argnums", "3"], "so 3 is out of range"),
+    (["--fun", "mymodel:make", "--argnums", "2"], "must be float arrays"),
+    (["--fun", "mymodel:make", "--ops", "relu"], "--ops goes with the built-in grid"),
+    (["--argnums", "1"], "--argnums goes with --fun"),
+])
+def test_cli_fun_user_errors_are_one_line(user_dir, argv, words, capsys):
+    (user_dir / "broken.py").write_text("1 / 0\n")
+    (user_dir / "bad.py").write_text(
+        "def raises():\n    raise RuntimeError('no data')\n"
+        "def three():\n    return 3\n"
+        "def not_callable():\n    return 3, ()\n")
+    assert main(["gradcheck", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxconv gradcheck: error:") and "\n" not in err, err
+    assert words in err, err

@@ -29,7 +29,8 @@ def test_your_own_model_example_runs_and_trains(capsys):
     convolution, dense product, pool and relu on a hand-derived rule."""
     pytest.importorskip("flax")
     examples = _blocks("python")
-    assert len(examples) == 2, "README has the API example and the 'Your own model' example"
+    assert len(examples) == 3, ("README has the API example, the 'Your own model' example and "
+                                "gradcheck --fun's mymodel.py (tests/test_gradcheck.py runs it)")
     exec(compile(examples[1], "README.md", "exec"), {})
     out = capsys.readouterr().out
     accuracy = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))
