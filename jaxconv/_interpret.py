@@ -120,6 +120,24 @@ TABLE: dict[Any, Callable | Nested] = {
 }
 
 
+#: Patterns of several equations computed by one op (jaxpr -> list of _rules.Fused).
+FUSED: tuple[Callable, ...] = (_rules.softmax_cross_entropy,)
+
+
+def fused(jaxpr) -> tuple[dict[int, _rules.Fused], set[int]]:
+    """Every :data:`FUSED` pattern in ``jaxpr`` (not in nested jaxprs, which are visited on
+    their own), by the index of its last equation, and all the indices they cover. Patterns
+    never share an equation: a later one that overlaps an earlier one is dropped."""
+    patterns: dict[int, _rules.Fused] = {}
+    covered: set[int] = set()
+    for find in FUSED:
+        for pattern in find(jaxpr):
+            if covered.isdisjoint(pattern.covered):
+                patterns[pattern.covered[-1]] = pattern
+                covered.update(pattern.covered)
+    return patterns, covered
+
+
 def differentiable(eqn) -> bool:
     """An equation with a floating output computed from at least one floating variable."""
     return any(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in eqn.outvars) and any(
@@ -142,6 +160,7 @@ class Interpreter:
 
     def __init__(self):
         self._jitted: dict[int, tuple[Any, Callable]] = {}
+        self._fused: dict[int, tuple[Any, tuple[dict[int, _rules.Fused], set[int]]]] = {}
 
     def jitted(self, eqn) -> Callable:
         key = id(eqn)
@@ -152,6 +171,15 @@ class Interpreter:
             self._jitted[key] = (eqn, jax.jit(body, inline=eqn.params.get("inline", False)))
         return self._jitted[key][1]
 
+    def fused(self, jaxpr) -> tuple[dict[int, _rules.Fused], set[int]]:
+        """The jaxpr's multi-equation patterns (:data:`FUSED`), by the index of each one's last
+        equation, and the indices of the equations they cover; found once per jaxpr."""
+        key = id(jaxpr)
+        if key not in self._fused:
+            found = fused(jaxpr)
+            self._fused[key] = (jaxpr, found)
+        return self._fused[key][1]
+
     def eval(self, jaxpr, consts, *args) -> list:
         env: dict[Any, Any] = {}
 
@@ -160,10 +188,16 @@ class Interpreter:
 
         env.update(zip(jaxpr.constvars, consts, strict=True))
         env.update(zip(jaxpr.invars, args, strict=True))
-        for eqn in jaxpr.eqns:
-            operands = [read(v) for v in eqn.invars]
+        patterns, covered = self.fused(jaxpr)
+        for index, eqn in enumerate(jaxpr.eqns):
+            if index in covered and index not in patterns:
+                continue  # computed by its pattern's op at the pattern's last equation
             with eqn.ctx.manager:
-                outs = self.apply(eqn, operands)
+                if index in patterns:
+                    pattern = patterns[index]
+                    outs = [pattern.plan.run(*(read(v) for v in pattern.inputs))]
+                else:
+                    outs = self.apply(eqn, [read(v) for v in eqn.invars])
             for v, out in zip(eqn.outvars, outs, strict=True):
                 if not isinstance(v, DropVar):
                     env[v] = out
@@ -217,7 +251,18 @@ def walk(jaxpr, tally: Tally, rewritten: str | None = None) -> None:
     ``rewritten`` names the enclosing primitive when manual does not rewrite inside it (e.g.
     shard_map): rule primitives there are counted as unmapped, with that reason.
     """
-    for eqn in jaxpr.eqns:
+    patterns, covered = fused(jaxpr)
+    for index, eqn in enumerate(jaxpr.eqns):
+        if index in patterns:
+            kind = patterns[index].plan.kind
+            if rewritten is None:
+                tally.manual[kind] += 1
+            else:
+                tally.unmapped.append(
+                    (kind, f"inside {rewritten}, which manual does not enter", _where(eqn)))
+            continue
+        if index in covered:
+            continue
         handler = TABLE.get(eqn.primitive)
         name = eqn.primitive.name
         if isinstance(handler, Nested):

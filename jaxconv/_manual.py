@@ -21,6 +21,8 @@ primitive (what emits it)                   jaxconv op (rule)
 ``custom_jvp_call`` of ``jax.nn.softplus``  ``jaxconv.softplus``
 ``logistic`` (``jax.nn.sigmoid``)           ``jaxconv.sigmoid``
 ``tanh``                                    ``jaxconv.tanh``
+``neg(reduce_sum(labels · log_softmax))``   ``jaxconv.softmax_cross_entropy`` (probability
+(``optax.softmax_cross_entropy``)           labels; four equations, one rule)
 ==========================================  =============================================
 
 Nested jaxprs (jit, scan, while, cond/switch, remat/checkpoint, closed_call) are rebuilt with the

@@ -22,12 +22,13 @@ import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend.core import Literal
 
-from jaxconv.ops import activations, conv, dense, pool
+from jaxconv.ops import activations, conv, dense, losses, pool
 from jaxconv.ops.conv import rot180_transpose
 
 
@@ -314,3 +315,135 @@ def custom_jvp_call(eqn) -> Mapped | None:
                 return Mapped("softplus", "jaxconv.softplus",
                               functools.partial(_softplus_of, index))
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Softmax cross-entropy: four equations, one rule
+# --------------------------------------------------------------------------------------------
+
+
+class Fused(NamedTuple):
+    """Several equations of one jaxpr computed together by one op: ``plan.run(*inputs)`` gives
+    the output of the equation at ``covered[-1]``; the other ``covered`` equations (whose results
+    nothing else reads) are not evaluated."""
+
+    plan: Mapped
+    inputs: tuple
+    covered: tuple[int, ...]
+
+
+def _log_softmax_axis(eqn) -> int | None:
+    """The axis of a ``jax.nn.log_softmax(x, axis)`` call: a jit named ``log_softmax`` of one
+    floating array whose body is exactly what ``jax.nn.log_softmax`` traces to for that axis
+    (so a user's own function of that name, or one with ``where=``, is not taken for it)."""
+    if (eqn.primitive.name != "jit" or eqn.params.get("name") != "log_softmax"
+            or len(eqn.invars) != 1 or len(eqn.outvars) != 1):
+        return None
+    x = eqn.invars[0].aval
+    body = eqn.params["jaxpr"]
+    reductions = [e for e in body.jaxpr.eqns if e.primitive.name == "reduce_sum"]
+    axes = reductions[0].params["axes"] if len(reductions) == 1 else ()
+    if not _floating(x) or len(axes) != 1:
+        return None
+    (axis,) = axes
+    spec = jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=x.weak_type)
+    reference = jax.make_jaxpr(functools.partial(jax.nn.log_softmax, axis=axis))(spec)
+    if len(reference.eqns) != 1 or not _same_computation(reference.eqns[0].params["jaxpr"],
+                                                         body):
+        return None
+    return axis
+
+
+def _same_computation(a, b) -> bool:
+    """Whether two closed jaxprs (without nested jaxprs) compute the same thing the same way:
+    the same primitives with equal parameters (``np.int64(1) == 1``: vmap leaves numpy ints in
+    ``axes``), wired identically, with equal literals."""
+    if a.consts or b.consts:
+        return False
+    a, b = a.jaxpr, b.jaxpr
+    if len(a.eqns) != len(b.eqns) or len(a.invars) != len(b.invars):
+        return False
+    names = dict(zip(a.invars, b.invars, strict=True))
+
+    def same(u, v) -> bool:
+        if isinstance(u, Literal) or isinstance(v, Literal):
+            return (isinstance(u, Literal) and isinstance(v, Literal) and u.aval == v.aval
+                    and bool(np.array_equal(u.val, v.val)))
+        return names.get(u) is v
+
+    for ea, eb in zip(a.eqns, b.eqns, strict=True):
+        if (ea.primitive is not eb.primitive or ea.params.keys() != eb.params.keys()
+                or len(ea.invars) != len(eb.invars) or len(ea.outvars) != len(eb.outvars)):
+            return False
+        try:
+            if not all(bool(ea.params[k] == eb.params[k]) for k in ea.params):
+                return False
+        except Exception:  # parameters that do not compare (arrays, jaxprs): not the same
+            return False
+        if not all(same(u, v) for u, v in zip(ea.invars, eb.invars, strict=True)):
+            return False
+        if any(u.aval != v.aval for u, v in zip(ea.outvars, eb.outvars, strict=True)):
+            return False
+        names.update(zip(ea.outvars, eb.outvars, strict=True))
+    return len(a.outvars) == len(b.outvars) and all(
+        same(u, v) for u, v in zip(a.outvars, b.outvars, strict=True))
+
+
+def _softmax_cross_entropy_on(axis: int, logits, labels):
+    return losses.softmax_cross_entropy(jnp.moveaxis(logits, axis, -1),
+                                        jnp.moveaxis(labels, axis, -1))
+
+
+def softmax_cross_entropy(jaxpr) -> list[Fused]:
+    """``−Σ_axis labels · jax.nn.log_softmax(logits, axis)`` -> ``jaxconv.softmax_cross_entropy``.
+
+    This is optax's ``softmax_cross_entropy(logits, labels)`` (probability labels, no ``where``)
+    as it reaches the jaxpr, and the same loss written by hand:
+
+        c = jit[name=log_softmax] logits      (jax.nn.log_softmax, see _log_softmax_axis)
+        m = mul labels c                      (either operand order; labels of logits' shape)
+        n = reduce_sum[axes=(axis,)] m
+        o = neg n
+
+    Matched only when c, m and n are read by nothing else, so the four equations can be
+    replaced by the op, whose rule is dlogits = dL·(softmax·Σ labels − labels),
+    dlabels = −dL·log softmax.
+    """
+    eqns = jaxpr.eqns
+    uses: dict[Any, int] = {}
+    for atom in [v for e in eqns for v in e.invars] + list(jaxpr.outvars):
+        if not isinstance(atom, Literal):
+            uses[atom] = uses.get(atom, 0) + 1
+    producer = {v: i for i, e in enumerate(eqns) for v in e.outvars}
+
+    def made_by(atom, name: str) -> int | None:
+        """The index of the equation named ``name`` that makes ``atom``, read only once."""
+        i = None if isinstance(atom, Literal) else producer.get(atom)
+        if i is None or eqns[i].primitive.name != name or uses.get(atom) != 1:
+            return None
+        return i
+
+    found = []
+    for i_neg, neg in enumerate(eqns):
+        if neg.primitive.name != "neg":
+            continue
+        i_sum = made_by(neg.invars[0], "reduce_sum")
+        if i_sum is None or len(eqns[i_sum].params["axes"]) != 1:
+            continue
+        (axis,) = eqns[i_sum].params["axes"]
+        i_mul = made_by(eqns[i_sum].invars[0], "mul")
+        if i_mul is None:
+            continue
+        a, b = eqns[i_mul].invars
+        for logp, labels in ((a, b), (b, a)):
+            i_log = made_by(logp, "jit")
+            if (i_log is None or _log_softmax_axis(eqns[i_log]) != axis
+                    or labels.aval.shape != logp.aval.shape
+                    or labels.aval.dtype != logp.aval.dtype):
+                continue
+            run = functools.partial(_softmax_cross_entropy_on, axis)
+            found.append(Fused(
+                Mapped("softmax_cross_entropy", "jaxconv.softmax_cross_entropy", run),
+                (eqns[i_log].invars[0], labels), (i_log, i_mul, i_sum, i_neg)))
+            break
+    return found

@@ -38,6 +38,8 @@ OP = {  # the primitive kind -> the jaxconv op the interpreted function calls
     "reduce_window_max": "jaxconv.max_pool", "reduce_window_sum": "jaxconv.avg_pool",
     "logistic": "jaxconv.sigmoid", "tanh": "jaxconv.tanh", "relu": "jaxconv.relu",
     "softplus": "jaxconv.softplus",
+    # coverage names a jaxconv op by its rule's function (losses._sce_bwd)
+    "softmax_cross_entropy": "jaxconv.sce",
 }
 
 
@@ -460,6 +462,72 @@ def test_activations():
         return jax.nn.relu(x) + jax.nn.sigmoid(x) * jnp.tanh(x) + jax.nn.softplus(x)
 
     check(model, x, expect={"relu": 1, "logistic": 1, "tanh": 1, "softplus": 1})
+
+
+# --------------------------------------------------------------------------------------------
+# Softmax cross-entropy: several equations, one rule.
+# --------------------------------------------------------------------------------------------
+
+
+def sce_args():
+    """w (5, 10), x (8, 5) and probability labels (8, 10) (rows summing to 1), float64."""
+    return S.normal(0, (5, 10)), S.normal(1, (8, 5)), jax.nn.softmax(2 * S.normal(2, (8, 10)))
+
+
+def test_optax_softmax_cross_entropy():
+    """optax's softmax_cross_entropy (probability labels), along any axis, vmapped, jitted, and
+    the same loss written by hand, run jaxconv.softmax_cross_entropy's rule; labels that do not
+    sum to 1 too (dlogits = dL·(softmax·Σ labels − labels))."""
+    import optax
+
+    w, x, y = sce_args()
+    models = {
+        "optax": lambda w, x, y: optax.softmax_cross_entropy(jax.nn.relu(x @ w), y),
+        "axis 0": lambda w, x, y: optax.softmax_cross_entropy((x @ w).T, y.T, axis=0),
+        "vmapped": lambda w, x, y: jax.vmap(optax.softmax_cross_entropy)(x @ w, y),
+        "jitted": jax.jit(lambda w, x, y: optax.softmax_cross_entropy(x @ w, y).mean()),
+        "by hand": lambda w, x, y: -jnp.sum(jax.nn.log_softmax(x @ w) * y, axis=-1),
+        "3-D": lambda w, x, y: optax.softmax_cross_entropy((x @ w).reshape(2, 4, 10),
+                                                            y.reshape(2, 4, 10), axis=1),
+    }
+    for name, model in models.items():
+        expect = {"dot_general": 1, "softmax_cross_entropy": 1} | (
+            {"relu": 1} if name == "optax" else {})
+        check(model, w, x, y, expect=expect)
+        check(model, w, x, 3 * y + 0.5, expect=expect)
+
+
+def test_softmax_cross_entropy_only_where_it_is_exact():
+    """What is not exactly −Σ labels · jax.nn.log_softmax(logits) with nothing else reading the
+    intermediates stays with autodiff (and its gradient stays exact)."""
+    import optax
+
+    w, x, y = sce_args()
+    mask = S.normal(3, (8, 10)) > -1
+
+    @jax.jit
+    def log_softmax(z):  # a user's own, with jax.nn.log_softmax's name
+        return z - jnp.log(jnp.sum(jnp.exp(z), axis=-1, keepdims=True))
+
+    def log_probs_read_again(w, x, y):
+        logp = jax.nn.log_softmax(x @ w)
+        return -jnp.sum(y * logp, axis=-1) + logp[:, 0]
+
+    models = {
+        "read again": log_probs_read_again,
+        "where": lambda w, x, y: optax.softmax_cross_entropy(x @ w, y, where=mask),
+        "own log_softmax": lambda w, x, y: -jnp.sum(y * log_softmax(x @ w), axis=-1),
+        "scalar labels": lambda w, x, y: -jnp.sum(0.1 * jax.nn.log_softmax(x @ w), axis=-1),
+        "other axis": lambda w, x, y: -jnp.sum(
+            y.reshape(8, 2, 5) * jax.nn.log_softmax((x @ w).reshape(8, 2, 5), axis=1), axis=2),
+        "integer labels": lambda w, x, y: optax.softmax_cross_entropy_with_integer_labels(
+            x @ w, jnp.argmax(y, axis=-1)),
+    }
+    for name, model in models.items():
+        report = jaxconv.coverage(model, w, x, y)
+        assert report.manual == {"dot_general": 1} and not report.unmapped, (name, str(report))
+        assert jaxconv.compare_grads(lambda *a, f=model: jnp.sum(f(*a)), w, x, y,
+                                     argnums=(0, 1)).max_error < RTOL, name
 
 
 def test_custom_rules_are_kept():
