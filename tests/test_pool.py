@@ -31,8 +31,9 @@ def test_max_pool_gradient_equals_autodiff(case, dtype, seed):
 
 @given(case=pool_cases, dtype=S.float_dtypes, seed=S.seeds)
 def test_avg_pool_gradient_equals_autodiff(case, dtype, seed):
-    """The rule is the depthwise convolution's dx, computed here by XLA's convolution (its other
-    formulations are covered by test_conv)."""
+    """The rule is the depthwise convolution's dx with the constant kernel 1/|W|, spread one
+    axis at a time (test_avg_pool_dx_equals_the_convolution_form checks it against the
+    convolution itself)."""
     x = S.normal(seed, case.x_shape, dtype)
     S.check_manual_equals_autodiff("avg_pool", case.static, (x,), seed=seed, policy="xla")
 
@@ -122,6 +123,52 @@ def test_forward_jaxpr_holds_the_custom_vjp(name):
     twin = S.primitive_names(jax.make_jaxpr(lambda x: getattr(jaxconv.autodiff, name)(x, 2))(x))
     assert "custom_vjp_call" in manual
     assert not any(p.startswith("custom_vjp") for p in twin), twin
+
+
+AVG_DX_CASES = [  # window, stride, padding (lo, hi) per dim, input size
+    ((2, 2), (2, 2), ((0, 0), (0, 0)), (6, 6)),      # tiling
+    ((2, 2), (2, 2), ((0, 0), (0, 0)), (7, 5)),      # tiling, a remainder past the last window
+    ((2, 3), (2, 3), ((1, 1), (0, 2)), (5, 7)),      # tiling, padded (ceil mode: extra high pad)
+    ((3, 3), (1, 1), ((1, 1), (1, 1)), (6, 5)),      # overlapping, "SAME"
+    ((3, 3), (2, 2), ((0, 1), (1, 0)), (7, 6)),      # overlapping, strided, asymmetric pad
+    ((3, 2), (2, 2), ((1, 2), (0, 1)), (8, 5)),      # mixed: overlapping along 0, tiling along 1
+    ((2, 2), (3, 3), ((0, 0), (0, 0)), (8, 7)),      # gaps between windows (s > w)
+    ((4,), (3,), ((2, 3),), (9,)),                   # 1-D, ceil mode
+    ((2, 2, 2), (2, 1, 2), ((0, 1), (1, 1), (0, 0)), (5, 4, 4)),  # 3-D
+]
+
+
+@pytest.mark.parametrize("window, stride, padding, size", AVG_DX_CASES)
+def test_avg_pool_dx_equals_the_convolution_form(window, stride, padding, size):
+    """avg_pool's dx, spread axis by axis, equals the depthwise convolution's dx with the
+    constant kernel 1/|W| (the lecture's form) in float64."""
+    import math
+
+    from jaxconv._geometry import ConvConfig, PoolConfig
+    from jaxconv.ops.conv import conv_dx
+    from jaxconv.ops.pool import avg_pool_dx
+
+    cfg = PoolConfig(window, stride, padding, size)
+    out = tuple((n + lo + hi - w) // s + 1
+                for n, (lo, hi), w, s in zip(size, padding, window, stride, strict=True))
+    dy = jnp.asarray(S.normal(0, (2, *out, 3)))
+    kernel = jnp.full((*window, 1, 3), 1 / math.prod(window), dy.dtype)
+    with jaxconv.policy("xla"):
+        expected = conv_dx(dy, kernel, size, ConvConfig(stride, padding, (1,) * len(window), 3))
+    S.assert_scaled_close(avg_pool_dx(dy, cfg), expected, 1e-14, str(cfg))
+    # and through the public op, as autodiff sees the same forward
+    x = S.normal(1, (2, *size, 3))
+    _, dx = _pullback(jaxconv.avg_pool, x, dy, window=window, stride=stride, padding=padding)
+    S.assert_scaled_close(dx, expected, 1e-14, str(cfg))
+
+
+def test_avg_pool_gradient_has_no_convolution():
+    """avg_pool's dx spreads dy with pads and adds: no convolution with a constant kernel."""
+    x = S.normal(0, (2, 6, 6, 3))
+    for kwargs in ({"window": 2}, {"window": 3, "stride": 1, "padding": "SAME"}):
+        names = S.primitive_names(jax.make_jaxpr(
+            jax.grad(lambda x, kw=kwargs: jnp.sum(jaxconv.avg_pool(x, **kw) ** 2)))(x))
+        assert "conv_general_dilated" not in names, (kwargs, names)
 
 
 def test_max_pool_gradient_has_no_loop_over_positions():
