@@ -11,6 +11,10 @@ primitive:
   public JAX function that made it, around the interpreted inner jaxpr, so the rules apply
   inside loops and branches too.
 
+A few rules cover several equations at once: :data:`FUSED` lists the pattern finders
+(``_rules.softmax_cross_entropy``: optax's softmax cross-entropy, four equations), each
+matched once per jaxpr and computed by one op at the pattern's last equation.
+
 Everything else (and every custom_jvp/custom_vjp rule that is not jax.nn.relu or softplus,
 jaxconv's own ops included) is bound exactly as it was traced. :func:`walk` visits the same
 equations without evaluating them, to count what the interpreter would do.

@@ -231,8 +231,9 @@ class Coverage:
 
     Attributes:
       manual: kind -> instances that run a hand-derived rule (kinds are primitive names, plus
-        ``relu`` and ``softplus`` for ``jax.nn``'s custom_jvp functions and ``jaxconv.<op>``
-        for jaxconv's own ops already in ``fun``).
+        ``relu`` and ``softplus`` for ``jax.nn``'s custom_jvp functions,
+        ``softmax_cross_entropy`` for optax's (several equations) and ``jaxconv.<op>`` for
+        jaxconv's own ops already in ``fun``).
       unmapped: each instance of a kind with a rule that stays with autodiff, with the reason.
         Empty when every such primitive runs a hand-derived rule.
       autodiff: primitive -> differentiable instances jaxconv has no rule for (add, exp, ...).
