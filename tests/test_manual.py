@@ -495,6 +495,15 @@ def test_optax_softmax_cross_entropy():
             {"relu": 1} if name == "optax" else {})
         check(model, w, x, y, expect=expect)
         check(model, w, x, 3 * y + 0.5, expect=expect)
+    # one-hot labels made from integers, and second derivatives through the rule
+    classes = jnp.arange(8) % 10
+
+    def one_hot(w):
+        return optax.softmax_cross_entropy(x @ w, jax.nn.one_hot(classes, 10)).mean()
+
+    assert jaxconv.coverage(one_hot, w).manual == {"dot_general": 1, "softmax_cross_entropy": 1}
+    S.assert_trees_close(jax.hessian(jaxconv.manual(one_hot))(w), jax.hessian(one_hot)(w), RTOL,
+                         "hessian")
 
 
 def test_softmax_cross_entropy_only_where_it_is_exact():
