@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -166,4 +167,43 @@ def per_layer(feedback: Any, i: int) -> Any:
                           _checks._describe(feedback), TypeError)
 
 
-__all__ = ["Random", "per_layer", "random", "sign"]
+class Layer(NamedTuple):
+    """One primitive instance that ``jaxconv.manual(fun, feedback=rule)`` runs with
+    ``per_layer(rule, index)``.
+
+    Attributes:
+      index: its number, in program order.
+      kind: the primitive (``conv_general_dilated`` or ``dot_general``).
+      op: the jaxconv op it runs (``jaxconv.conv``, ``jaxconv.conv_transpose``,
+        ``jaxconv.dot_general``).
+      w_shape: the shape of its weight, the primitive's rhs operand, as the model passes it.
+      where: the source line that emitted it, where JAX recorded one.
+    """
+
+    index: int
+    kind: str
+    op: str
+    w_shape: tuple[int, ...]
+    where: str
+
+
+def layers(fun: Callable, *args: Any, **kwargs: Any) -> tuple[Layer, ...]:
+    """The layers of ``fun`` that ``jaxconv.manual(fun, feedback=...)`` gives a feedback rule,
+    on these arguments (only their shapes and dtypes matter), in the order of their index.
+
+    Primitives that stay with autodiff (``jaxconv.coverage(...).unmapped``) keep backprop and
+    are not listed. Example: ``[(l.index, l.op, l.w_shape) for l in layers(loss, p, x, y)]``.
+    """
+    from jaxconv import _interpret, _manual, _rules
+
+    closed = _manual._traced(fun, args, kwargs, "feedback.layers").jaxpr
+    found = []
+    for i, (_, eqn) in enumerate(_interpret.weighted_instances(closed.jaxpr)):
+        decision = _interpret.plan(eqn)
+        assert isinstance(decision, _rules.Mapped)
+        found.append(Layer(i, decision.kind, decision.op, tuple(eqn.invars[1].aval.shape),
+                           _interpret._where(eqn)))
+    return tuple(found)
+
+
+__all__ = ["Layer", "Random", "layers", "per_layer", "random", "sign"]

@@ -343,3 +343,21 @@ def test_errors():
         jax.jit(F.random)(jax.random.key(0))
     with pytest.raises(ValueError, match="scale must be a positive finite number"):
         F.random(0, scale=0.0)
+
+
+def test_layers_lists_the_instances_in_index_order():
+    params, x = _params(), S.normal(0, (2, 11, 2))
+    found = F.layers(_model, params, x)
+    assert [(la.index, la.op, la.w_shape) for la in found] == [
+        (0, "jaxconv.conv", (3, 2, 3)), (1, "jaxconv.conv_transpose", (3, 3, 2)),
+        (2, "jaxconv.dot_general", (24, 12)), (3, "jaxconv.dot_general", (12, 12))]
+    assert all("test_feedback.py" in la.where for la in found)
+
+
+def test_random_is_a_static_argument():
+    x, w = S.normal(0, (3, 4)), S.normal(1, (4, 5))
+    f = jax.jit(lambda x, w, fb: jax.grad(lambda x: jnp.sum(jaxconv.dense(x, w, feedback=fb) ** 2))(
+        x), static_argnames="fb")
+    np.testing.assert_array_equal(f(x, w, fb=F.random(2)), f(x, w, fb=F.random(2)))
+    cov = jaxconv.coverage(lambda x, w: jaxconv.conv(x, w, feedback=F.sign), x[None], w[None])
+    assert cov.manual == {"jaxconv.conv": 1}
