@@ -279,19 +279,26 @@ def _params():
             S.normal(4, (3, 3, 2)))
 
 
+def _jit_grad(fun, *args):
+    return jax.jit(jax.grad(fun), compiler_options=S._FAST_COMPILE)(*args)
+
+
 @pytest.mark.parametrize("rule", ["random", "sign"])
 def test_manual_feedback(rule):
     params, x = _params(), S.normal(0, (2, 11, 2))
     assert abs(float(_model(params, x)) - float(_reference(params, x, [None] * 4))) < 1e-12
     rule = F.random(jax.random.key(5)) if rule == "random" else F.sign
-    grads = jax.grad(jaxconv.manual(_model, feedback=rule))(params, x)
+    grads = _jit_grad(jaxconv.manual(_model, feedback=rule), params, x)
     per_instance = [F.per_layer(rule, i) for i in range(4)]
-    expected = jax.grad(_reference)(params, x, per_instance)
+    expected = _jit_grad(lambda p, x: _reference(p, x, per_instance), params, x)
     S.assert_trees_close(grads, expected, 1e-10, "manual with feedback vs autodiff twins")
-    backprop = jax.grad(_model)(params, x)
+    backprop = _jit_grad(_model, params, x)
     assert S.scaled_error(grads[3], backprop[3]) > 1e-3  # the feedback did change something
-    again = jax.jit(jax.grad(jaxconv.manual(_model, feedback=rule)))(params, x)
-    S.assert_trees_close(again, grads, 1e-12, "fixed across calls and under jit")
+    again = _jit_grad(jaxconv.manual(_model, feedback=rule), params, x)  # traced anew
+    S.assert_trees_close(again, grads, 0.0, "fixed across calls")
+    if rule is F.sign:  # the same, run eagerly
+        eager = jax.grad(jaxconv.manual(_model, feedback=rule))(params, x)
+        S.assert_trees_close(eager, grads, 1e-12, "eager and jitted")
     cov = jaxconv.coverage(_model, params, x)
     assert cov.manual["conv_general_dilated"] == 2 and cov.manual["dot_general"] == 2
 
@@ -300,9 +307,10 @@ def test_manual_random_differs_between_instances():
     """One matrix for both dense layers (what per-instance keys prevent) gives other grads."""
     params, x = _params(), S.normal(0, (2, 11, 2))
     rule = F.random(1)
-    grads = jax.grad(jaxconv.manual(_model, feedback=rule))(params, x)
+    grads = _jit_grad(jaxconv.manual(_model, feedback=rule), params, x)
     same = [F.per_layer(rule, i) for i in (0, 1, 2, 2)]
-    assert S.scaled_error(grads[0], jax.grad(_reference)(params, x, same)[0]) > 1e-3
+    expected = _jit_grad(lambda p, x: _reference(p, x, same), params, x)
+    assert S.scaled_error(grads[0], expected[0]) > 1e-3
 
 
 def test_manual_rewraps_and_backprop():
@@ -310,9 +318,9 @@ def test_manual_rewraps_and_backprop():
     plain = jaxconv.manual(_model)
     assert jaxconv.manual(plain) is plain
     rewrapped = jaxconv.manual(plain, feedback=F.sign)
-    S.assert_trees_close(jax.grad(rewrapped)(params, x),
-                         jax.grad(jaxconv.manual(_model, feedback=F.sign))(params, x), 0.0)
-    S.assert_trees_close(jax.grad(plain)(params, x), jax.grad(_model)(params, x), 1e-10)
+    S.assert_trees_close(_jit_grad(rewrapped, params, x),
+                         _jit_grad(jaxconv.manual(_model, feedback=F.sign), params, x), 0.0)
+    S.assert_trees_close(_jit_grad(plain, params, x), _jit_grad(_model, params, x), 1e-10)
 
 
 # --------------------------------------------------------------------------------------------
