@@ -196,6 +196,8 @@ def manual(fun: Callable, *, feedback: Any = None) -> Callable:
         is its *rhs* operand (``x @ w``, Flax's Dense, ``jnp.einsum("bi,io", x, w)``): its
         feedback changes the lhs' gradient. Equinox's ``Linear`` computes ``w @ x`` (its weight
         is the lhs), so there the rule would replace the input instead: not supported.
+        An instance inside a ``scan`` or ``while`` body is one instance: every iteration
+        shares its matrix (a scan over stacked layers gives them one B between them).
         Instances that stay with autodiff (:func:`coverage`'s ``unmapped``) keep backprop;
         ``jaxconv.feedback.layers(fun, *args)`` lists those that get the rule, by index.
 

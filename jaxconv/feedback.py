@@ -20,6 +20,13 @@ their twins in :mod:`jaxconv.autodiff`) takes ``feedback=``:
   ``dense``), e.g. :func:`sign` or :func:`random`. Its result is fixed too: no gradient flows
   through ``B`` into ``w``, so ``dw`` stays backprop's.
 
+The manual ops attach this with a second ``custom_vjp`` per op family, whose residuals are
+``(x, B)`` and whose backward is the op's own (``dx`` reads B where it read w, ``dw`` only w's
+shape). The autodiff twins let JAX derive it from ``y = f(sg(x), w) + (f(x, sg(B)) −
+sg(f(x, sg(B))))`` (sg = ``lax.stop_gradient``): the bracket is exactly 0 for finite values,
+so the forward is f(x, w); dw and db come from the first term, dx from the second
+(:func:`jaxconv.ops._twins.autodiff_with_feedback`).
+
 Example::
 
     fb = jaxconv.feedback.random(jax.random.key(0))          # feedback alignment

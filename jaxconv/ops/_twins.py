@@ -105,8 +105,9 @@ def autodiff_with_feedback(forward: Callable) -> Callable:
         y = f(sg(x), w, *rest) + (f(x, sg(B), *sg(rest)) − sg(f(x, sg(B), *sg(rest))))
 
     The bracket is exactly 0 for finite values, so the forward is f(x, w) bit for bit (up to
-    the sign of a zero); JAX's dw and db come from the first term only (x is a constant there),
-    and its dx from the second only: the vjp in x of f(x, B). B (and the rest) get no gradient.
+    the sign of a zero; an infinite f(x, B) makes it NaN, and the twin costs a second
+    forward). JAX's dw and db come from the first term only (x is a constant there), and its
+    dx from the second only: the vjp in x of f(x, B). B (and the rest) get no gradient.
     """
     sg = lax.stop_gradient
 
