@@ -369,3 +369,11 @@ def test_random_is_a_static_argument():
     np.testing.assert_array_equal(f(x, w, fb=F.random(2)), f(x, w, fb=F.random(2)))
     cov = jaxconv.coverage(lambda x, w: jaxconv.conv(x, w, feedback=F.sign), x[None], w[None])
     assert cov.manual == {"jaxconv.conv": 1}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_feedback_array_gets_zero_cotangent(mode):
+    x, w, b_feedback = S.normal(0, (3, 4)), S.normal(1, (4, 5)), S.normal(2, (4, 5))
+    dense = _namespace(mode).dense
+    g = jax.grad(lambda fb: jnp.sum(jnp.sin(dense(x, w, feedback=fb))))(b_feedback)
+    np.testing.assert_array_equal(g, np.zeros_like(b_feedback))
