@@ -8,7 +8,7 @@ written against one namespace runs against the other, e.g. ``ops = jaxconv if ma
 jaxconv.autodiff``.
 """
 
-from jaxconv import autodiff
+from jaxconv import autodiff, feedback
 from jaxconv._manual import Coverage, GradComparison, compare_grads, coverage, manual
 from jaxconv.ops._choice import get_policy, policy, set_policy, use
 from jaxconv.ops.activations import leaky_relu, relu, sigmoid, softplus, tanh
@@ -38,7 +38,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "__version__", "autodiff", "avg_pool", "compare_grads", "conv", "conv1d", "conv2d", "conv3d",
-    "conv_transpose", "Coverage", "coverage", "dense", "dot_general", "get_policy",
+    "conv_transpose", "Coverage", "coverage", "dense", "dot_general", "feedback", "get_policy",
     "GradComparison", "leaky_relu", "manual", "max_pool", "policy", "relu", "set_policy",
     "sigmoid", "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels", "softplus",
     "squared_error", "tanh", "use",

@@ -550,3 +550,44 @@ def conv_transpose_config(
         )
     conv = ConvConfig(stride=stride, padding=tuple(conv_pads), dilation=dilation, groups=groups)
     return ConvTransposeConfig(conv=conv, out_size=tuple(out_size), core_size=tuple(core_size))
+
+
+# --------------------------------------------------------------------------------------------
+# feedback= (jaxconv.feedback): None, an array of w's shape and dtype, or a callable of w.
+# --------------------------------------------------------------------------------------------
+
+
+def feedback(value: Any, w: Any) -> Any:
+    """``feedback=`` as given: ``None``, a callable of w, or an array of w's shape and dtype
+    (checked against ``w`` as the caller passed it, before any promotion or layout change)."""
+    if value is None:
+        return None
+    if callable(value) and not hasattr(value, "shape"):
+        return value
+    if isinstance(value, (str, bytes, dict, set, bool)) or not (
+        hasattr(value, "shape") or isinstance(value, (list, tuple, np.ndarray))
+    ):
+        raise invalid("feedback", "be None, an array of w's shape and dtype, or a callable of w "
+                      "(e.g. jaxconv.feedback.sign)", _describe(value), TypeError)
+    value, w = array("feedback", value), array("w", w)
+    if tuple(value.shape) != tuple(w.shape) or value.dtype != w.dtype:
+        raise invalid("feedback", f"have w's shape {tuple(w.shape)} and dtype {w.dtype}",
+                      f"shape {tuple(value.shape)} and dtype {value.dtype}")
+    return value
+
+
+def feedback_kernel(value: Any, w: Any) -> Any:
+    """The feedback kernel B for ``w`` in the op's core (channels-last) layout: a callable is
+    called on ``w`` and its result checked; an array (already in that layout) is cast to w's
+    (promoted) dtype. ``None`` stays ``None``."""
+    if value is None or not callable(value) or hasattr(value, "shape"):
+        return None if value is None else value.astype(w.dtype)
+    out = value(w)
+    name = getattr(value, "__name__", None) or type(value).__name__
+    if not (hasattr(out, "shape") and hasattr(out, "dtype")):
+        raise invalid(f"feedback ({name}) called on w", "return an array of w's shape "
+                      f"{tuple(w.shape)} and dtype {w.dtype}", _describe(out), TypeError)
+    if tuple(out.shape) != tuple(w.shape) or out.dtype != w.dtype:
+        raise invalid(f"feedback ({name}) called on w", f"return w's shape {tuple(w.shape)} and "
+                      f"dtype {w.dtype}", f"shape {tuple(out.shape)} and dtype {out.dtype}")
+    return out

@@ -35,10 +35,14 @@ from jax.extend.core import primitives as P
 
 from jaxconv import _rules
 from jaxconv._rules import Mapped, Unmapped
+from jaxconv.feedback import per_layer
 
 
 class Nested(NamedTuple):
-    """A higher-order primitive: ``rebuild(interpreter, eqn, operands)`` and its jaxprs."""
+    """A higher-order primitive: ``rebuild(interpreter, eqn, operands, at)`` and its jaxprs.
+
+    ``at`` is the equation's path (see :meth:`Interpreter.eval`); its j-th jaxpr (in the order
+    ``jaxprs`` lists them) is evaluated at ``at + (j,)``."""
 
     rebuild: Callable[..., list]
     jaxprs: Callable[[Any], list]  # eqn -> the (open) jaxprs it runs, for walk()
@@ -48,26 +52,26 @@ def _inner(closed):
     return closed.jaxpr if hasattr(closed, "jaxpr") else closed
 
 
-def _jit(interp, eqn, operands):
+def _jit(interp, eqn, operands, at):
     """jit: the interpreted body under ``jax.jit`` (built once per equation, so cached)."""
-    return interp.jitted(eqn)(*operands)
+    return interp.jitted(eqn, at)(*operands)
 
 
-def _remat(interp, eqn, operands):
+def _remat(interp, eqn, operands, at):
     """remat / checkpoint: ``jax.checkpoint`` of the interpreted body, same policy."""
     p = eqn.params
-    body = functools.partial(interp.eval, p["jaxpr"], ())
+    body = functools.partial(interp.eval, p["jaxpr"], (), at=(*at, 0))
     return jax.checkpoint(body, prevent_cse=p["prevent_cse"], policy=p["policy"])(*operands)
 
 
-def _scan(interp, eqn, operands):
+def _scan(interp, eqn, operands, at):
     """scan: ``lax.scan`` of the interpreted body over the same consts, carry and xs."""
     p = eqn.params
     nc, nk, closed = p["num_consts"], p["num_carry"], p["jaxpr"]
     consts, init, xs = operands[:nc], operands[nc:nc + nk], operands[nc + nk:]
 
     def body(carry, x):
-        out = interp.eval(closed.jaxpr, closed.consts, *consts, *carry, *x)
+        out = interp.eval(closed.jaxpr, closed.consts, *consts, *carry, *x, at=(*at, 0))
         return out[:nk], out[nk:]
 
     carry, ys = lax.scan(body, list(init), list(xs), length=p["length"], reverse=p["reverse"],
@@ -75,7 +79,7 @@ def _scan(interp, eqn, operands):
     return [*carry, *ys]
 
 
-def _while(interp, eqn, operands):
+def _while(interp, eqn, operands, at):
     """while: ``lax.while_loop`` of the interpreted condition and body."""
     p = eqn.params
     nc, nb = p["cond_nconsts"], p["body_nconsts"]
@@ -83,25 +87,26 @@ def _while(interp, eqn, operands):
     cj, bj = p["cond_jaxpr"], p["body_jaxpr"]
 
     def cond(carry):
-        return interp.eval(cj.jaxpr, cj.consts, *cond_consts, *carry)[0]
+        return interp.eval(cj.jaxpr, cj.consts, *cond_consts, *carry, at=(*at, 0))[0]
 
     def body(carry):
-        return interp.eval(bj.jaxpr, bj.consts, *body_consts, *carry)
+        return interp.eval(bj.jaxpr, bj.consts, *body_consts, *carry, at=(*at, 1))
 
     return lax.while_loop(cond, body, list(init))
 
 
-def _cond(interp, eqn, operands):
+def _cond(interp, eqn, operands, at):
     """cond / switch: ``lax.switch`` over the interpreted branches."""
     index, ops = operands[0], operands[1:]
-    branches = [functools.partial(interp.eval, b.jaxpr, b.consts) for b in eqn.params["branches"]]
+    branches = [functools.partial(interp.eval, b.jaxpr, b.consts, at=(*at, j))
+                for j, b in enumerate(eqn.params["branches"])]
     return lax.switch(index, branches, *ops)
 
 
-def _closed_call(interp, eqn, operands):
+def _closed_call(interp, eqn, operands, at):
     """closed_call: evaluated in place."""
     closed = eqn.params["call_jaxpr"]
-    return interp.eval(closed.jaxpr, closed.consts, *operands)
+    return interp.eval(closed.jaxpr, closed.consts, *operands, at=(*at, 0))
 
 
 TABLE: dict[Any, Callable | Nested] = {
@@ -158,19 +163,44 @@ def plan(eqn) -> Mapped | Unmapped | None:
     return handler(eqn)
 
 
+def weighted_instances(jaxpr, at: tuple[int, ...] = ()) -> list[tuple[tuple[int, ...], Any]]:
+    """The ``(path, eqn)`` of every equation the interpreter maps to an op with a weight
+    (``_rules.WEIGHTED``: convolutions and dot_generals), in program order, depth first into
+    the nested jaxprs it rebuilds. A path names one instance in the traced program: the
+    equation's position in its jaxpr, preceded by (position, jaxpr index) of each enclosing
+    nested equation; a jaxpr shared by two call sites has one path per site."""
+    found = []
+    for p, eqn in enumerate(jaxpr.eqns):
+        handler = TABLE.get(eqn.primitive)
+        if isinstance(handler, Nested):
+            for j, inner in enumerate(handler.jaxprs(eqn)):
+                found += weighted_instances(inner, (*at, p, j))
+        elif isinstance(decision := plan(eqn), Mapped) and decision.kind in _rules.WEIGHTED:
+            found.append(((*at, p), eqn))
+    return found
+
+
 class Interpreter:
     """Evaluates jaxprs with the table. One per traced signature: it caches the jitted bodies
-    of nested jit equations (keyed by the equation, which the traced jaxpr keeps alive)."""
+    of nested jit equations (keyed by their path; the traced jaxpr keeps them alive).
 
-    def __init__(self):
-        self._jitted: dict[int, tuple[Any, Callable]] = {}
+    With a ``feedback`` rule (:mod:`jaxconv.feedback`) and the traced ``jaxpr``, each weighted
+    instance (:func:`weighted_instances`) runs its op with ``per_layer(feedback, i)``, i its
+    index in program order: random feedback gives each instance its own fixed matrix."""
+
+    def __init__(self, feedback: Any = None, jaxpr: Any = None):
+        self._jitted: dict[tuple[int, ...], tuple[Any, Callable]] = {}
         self._fused: dict[int, tuple[Any, tuple[dict[int, _rules.Fused], set[int]]]] = {}
+        self.feedback = feedback
+        self.layers: dict[tuple[int, ...], int] = {}
+        if feedback is not None:
+            self.layers = {path: i for i, (path, _) in enumerate(weighted_instances(jaxpr))}
 
-    def jitted(self, eqn) -> Callable:
-        key = id(eqn)
+    def jitted(self, eqn, at: tuple[int, ...] = ()) -> Callable:
+        key = at
         if key not in self._jitted:
             closed = eqn.params["jaxpr"]
-            body = functools.partial(self.eval, closed.jaxpr, closed.consts)
+            body = functools.partial(self.eval, closed.jaxpr, closed.consts, at=(*at, 0))
             body.__name__ = eqn.params.get("name", "jit")  # type: ignore[attr-defined]
             self._jitted[key] = (eqn, jax.jit(body, inline=eqn.params.get("inline", False)))
         return self._jitted[key][1]
@@ -184,7 +214,8 @@ class Interpreter:
             self._fused[key] = (jaxpr, found)
         return self._fused[key][1]
 
-    def eval(self, jaxpr, consts, *args) -> list:
+    def eval(self, jaxpr, consts, *args, at: tuple[int, ...] = ()) -> list:
+        """Evaluate ``jaxpr``; ``at`` is its path in the traced program (``()`` at the top)."""
         env: dict[Any, Any] = {}
 
         def read(v):
@@ -193,28 +224,31 @@ class Interpreter:
         env.update(zip(jaxpr.constvars, consts, strict=True))
         env.update(zip(jaxpr.invars, args, strict=True))
         patterns, covered = self.fused(jaxpr)
-        for index, eqn in enumerate(jaxpr.eqns):
-            if index in covered and index not in patterns:
+        for p, eqn in enumerate(jaxpr.eqns):
+            if p in covered and p not in patterns:
                 continue  # computed by its pattern's op at the pattern's last equation
             with eqn.ctx.manager:
-                if index in patterns:
-                    pattern = patterns[index]
+                if p in patterns:
+                    pattern = patterns[p]
                     outs = [pattern.plan.run(*(read(v) for v in pattern.inputs))]
                 else:
-                    outs = self.apply(eqn, [read(v) for v in eqn.invars])
+                    outs = self.apply(eqn, [read(v) for v in eqn.invars], (*at, p))
             for v, out in zip(eqn.outvars, outs, strict=True):
                 if not isinstance(v, DropVar):
                     env[v] = out
         return [read(v) for v in jaxpr.outvars]
 
-    def apply(self, eqn, operands) -> list:
+    def apply(self, eqn, operands, at: tuple[int, ...] = ()) -> list:
         """The equation's outputs, as a list."""
         handler = TABLE.get(eqn.primitive)
         if isinstance(handler, Nested):
-            return handler.rebuild(self, eqn, operands)
+            return handler.rebuild(self, eqn, operands, at)
         decision = plan(eqn)
-        if isinstance(decision, Mapped):
-            return [decision.run(*operands)]  # jaxconv's ops have one output
+        if isinstance(decision, Mapped):  # jaxconv's ops have one output
+            if self.feedback is not None and decision.kind in _rules.WEIGHTED:
+                rule = per_layer(self.feedback, self.layers[at])
+                return [decision.run(*operands, feedback=rule)]
+            return [decision.run(*operands)]
         outs = eqn.primitive.bind(*operands, **eqn.primitive.get_bind_params(eqn.params))
         return outs if eqn.primitive.multiple_results else [outs]
 

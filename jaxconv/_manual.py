@@ -112,7 +112,7 @@ def _split(fun, args, kwargs):
     return leaves, treedef, dynamic
 
 
-def _trace(leaves, treedef, dynamic) -> _Traced:
+def _trace(leaves, treedef, dynamic, feedback=None) -> _Traced:
     out_tree = []
 
     def flat(*arrays):
@@ -125,16 +125,17 @@ def _trace(leaves, treedef, dynamic) -> _Traced:
         return out_leaves
 
     closed = jax.make_jaxpr(flat)(*(_aval(leaves[i]) for i in dynamic))
-    return _Traced(closed, out_tree[0], _interpret.Interpreter())
+    return _Traced(closed, out_tree[0], _interpret.Interpreter(feedback, closed.jaxpr))
 
 
 class _Cache:
     """The traced jaxprs of one function, keyed by input signature (structure, array types,
     static values); least recently used first out."""
 
-    def __init__(self, size: int = _CACHE_SIZE):
+    def __init__(self, size: int = _CACHE_SIZE, feedback: Any = None):
         self.entries: collections.OrderedDict = collections.OrderedDict()
         self.size = size
+        self.feedback = feedback  # the manual function's feedback rule, for every trace
         self.traces = 0  # how often fun was traced (for tests and curiosity)
 
     def get(self, leaves, treedef, dynamic) -> _Traced:
@@ -145,7 +146,7 @@ class _Cache:
         if key in self.entries:
             self.entries.move_to_end(key)
             return self.entries[key]
-        traced = _trace(leaves, treedef, dynamic)
+        traced = _trace(leaves, treedef, dynamic, self.feedback)
         self.traces += 1
         # A jaxpr whose constants are another transformation's tracers (fun closed over them)
         # is valid only now: use it, never cache it.
@@ -171,7 +172,7 @@ def _name(fun) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def manual(fun: Callable) -> Callable:
+def manual(fun: Callable, *, feedback: Any = None) -> Callable:
     """``fun`` with every primitive that has a hand-derived rule running jaxconv's op.
 
     The returned function has ``fun``'s signature and outputs (values equal to rounding); its
@@ -185,19 +186,43 @@ def manual(fun: Callable) -> Callable:
     Args:
       fun: a function of pytrees of arrays (e.g. a loss ``loss(params, x, y)``). A callable
         pytree (an Equinox module) is fine: its arrays are inputs too.
+      feedback: the feedback rule (:mod:`jaxconv.feedback`) of every convolution
+        (``conv_general_dilated``, transposed ones included) and every ``dot_general`` that
+        runs jaxconv's op: ``None`` (backprop), or a rule for every layer, e.g.
+        ``jaxconv.feedback.sign`` or ``jaxconv.feedback.random(key)`` (not an array: one array
+        cannot fit every layer). Each such primitive instance ``i`` (numbered in program order,
+        depth first into jit, scan, while, cond, remat; see
+        :func:`jaxconv._interpret.weighted_instances`) runs with
+        ``jaxconv.feedback.per_layer(feedback, i)``: random feedback gives each instance its
+        own fixed matrix from the one key, the same on every call. A ``dot_general``'s weight
+        is its *rhs* operand (``x @ w``, Flax's Dense, ``jnp.einsum("bi,io", x, w)``): its
+        feedback changes the lhs' gradient. Equinox's ``Linear`` computes ``w @ x`` (its weight
+        is the lhs), so there the rule would replace the input instead: not supported.
+        An instance inside a ``scan`` or ``while`` body is one instance: every iteration
+        shares its matrix (a scan over stacked layers gives them one B between them).
+        Instances that stay with autodiff (:func:`coverage`'s ``unmapped``) keep backprop;
+        ``jaxconv.feedback.layers(fun, *args)`` lists those that get the rule, by index.
 
     Returns:
-      A function with the same signature and outputs. ``manual(manual(f))`` is ``manual(f)``.
+      A function with the same signature and outputs. ``manual(manual(f))`` is ``manual(f)``;
+      ``manual(manual(f), feedback=r)`` is ``manual(f, feedback=r)``.
 
     Example::
 
         grads = jax.grad(jaxconv.manual(loss))(params, x, y)   # the hand-derived rules
         jaxconv.coverage(loss, params, x, y)                    # what ran which rule
+        fa = jaxconv.manual(loss, feedback=jaxconv.feedback.random(0))   # feedback alignment
     """
     _check_callable(fun, "manual")
+    if feedback is not None:
+        from jaxconv.feedback import per_layer
+
+        per_layer(feedback, 0)  # the rule must hold for every layer: early, jaxconv's error
     if getattr(fun, "_jaxconv_manual", False):
-        return fun
-    cache = _Cache()
+        if feedback is fun._jaxconv_cache.feedback:
+            return fun
+        fun = fun._jaxconv_fun  # re-wrap the original with this rule
+    cache = _Cache(feedback=feedback)
 
     @functools.wraps(fun)
     def manual_fun(*args, **kwargs):
@@ -209,6 +234,7 @@ def manual(fun: Callable) -> Callable:
 
     manual_fun._jaxconv_manual = True
     manual_fun._jaxconv_cache = cache
+    manual_fun._jaxconv_fun = fun
     return manual_fun
 
 

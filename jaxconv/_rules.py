@@ -40,6 +40,11 @@ class Mapped(NamedTuple):
     run: Callable[..., Any]
 
 
+#: The kinds whose op has a weight (the rhs operand): ``manual(fun, feedback=...)`` passes the
+#: feedback rule to their ``run`` (``run(*operands, feedback=rule)``).
+WEIGHTED = frozenset({"conv_general_dilated", "dot_general"})
+
+
 class Unmapped(NamedTuple):
     """``kind`` has a hand-derived rule in general, but this instance stays with autodiff."""
 
@@ -120,14 +125,15 @@ def conv_general_dilated(eqn) -> Mapped | Unmapped:
     crop = tuple((max(-lo, 0), max(-hi, 0)) for lo, hi in p["padding"])
     padding = tuple((max(lo, 0), max(hi, 0)) for lo, hi in p["padding"])
 
-    def run(x, w):
+    def run(x, w, feedback=None):
         x, w = jnp.transpose(x, to_x), jnp.transpose(w, to_w)
         if any(lo or hi for lo, hi in crop):  # negative padding: drop those inputs first
             start = (0, *(lo for lo, _ in crop), 0)
             limit = (x.shape[0], *(n - hi for n, (_, hi) in zip(x.shape[1:-1], crop, strict=True)),
                      x.shape[-1])
             x = lax.slice(x, start, limit)
-        y = conv.conv(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
+        y = conv.conv(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      feedback=feedback)
         return jnp.transpose(y, back)
 
     return Mapped(kind, "jaxconv.conv", run)
@@ -167,10 +173,11 @@ def _transposed(eqn, to_x, to_w, back) -> Mapped | Unmapped:
             return Unmapped(kind, f"padding {tuple(p['padding'])}: every output sees only "
                                   "padding (conv_transpose would have no output)")
 
-    def run(x, v):
+    def run(x, v, feedback=None):
         x, v = jnp.transpose(x, to_x), jnp.transpose(v, to_w)
         w = rot180_transpose(v, groups)
-        y = conv_transpose(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
+        y = conv_transpose(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                           feedback=feedback)
         if any(lo or hi for lo, hi, _ in zeros):
             y = lax.pad(y, jnp.zeros((), y.dtype), ((0, 0, 0), *zeros, (0, 0, 0)))
         return jnp.transpose(y, back)
@@ -184,15 +191,17 @@ def _transposed(eqn, to_x, to_w, back) -> Mapped | Unmapped:
 
 
 def dot_general(eqn) -> Mapped | Unmapped:
-    """``lax.dot_general`` (any contracting and batch axes) -> ``jaxconv.dot_general``."""
+    """``lax.dot_general`` (any contracting and batch axes) -> ``jaxconv.dot_general``.
+
+    The rhs operand plays w (its feedback rule is the one that changes the lhs' gradient)."""
     kind = "dot_general"
     if problem := _dtype_problem(eqn, kind):
         return problem
     precision = eqn.params["precision"]
     numbers = eqn.params["dimension_numbers"]
 
-    def run(x, w):
-        return dense.dot_general(x, w, numbers, precision=precision)
+    def run(x, w, feedback=None):
+        return dense.dot_general(x, w, numbers, precision=precision, feedback=feedback)
 
     return Mapped(kind, "jaxconv.dot_general", run)
 

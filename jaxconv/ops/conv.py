@@ -48,7 +48,7 @@ from jax import lax
 from jaxconv import _checks
 from jaxconv._geometry import ConvConfig, effective
 from jaxconv.ops import _choice, _formulations
-from jaxconv.ops._twins import twins
+from jaxconv.ops._twins import autodiff_with_feedback, twins, with_feedback
 
 # --------------------------------------------------------------------------------------------
 # The reference forms: the forward and its two rules as correlations, the lecture's formulas.
@@ -243,11 +243,14 @@ def _conv_bwd(cfg, plan, residuals, dy):
 
 _conv_rule = jax.custom_vjp(_conv_planned, nondiff_argnums=(3, 4))
 _conv_rule.defvjp(_conv_fwd, _conv_bwd)
+_conv_rules = with_feedback(_conv_rule)  # feedback B: the same rule on residuals (x, B, b)
 
 
-def _conv_manual(x, w, b, cfg):
-    """y = x ⋆ w + b with the hand-derived rule, under the formulations chosen for this shape."""
-    return _conv_rule(x, w, b, cfg, _choice.plan(x.shape, w.shape, cfg, x.dtype))
+def _conv_manual(x, w, b, cfg, feedback=None):
+    """y = x ⋆ w + b with the hand-derived rule, under the formulations chosen for this shape;
+    with a feedback kernel B, dx = full-conv(rot180 B, dy) (:mod:`jaxconv.feedback`)."""
+    plan = _choice.plan(x.shape, w.shape, cfg, x.dtype)
+    return _conv_rules(x, w, b, cfg, plan, feedback=feedback)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,6 +269,7 @@ def _conv_front(
     dilation=1,
     groups=1,
     layout="channels_last",
+    feedback=None,
 ):
     """N-d convolution (cross-correlation, as in the lecture) with optional bias.
 
@@ -281,6 +285,9 @@ def _conv_front(
       dilation: kernel dilation, int or one per spatial dim.
       groups: channel groups; ``groups == C_in`` gives a depthwise convolution.
       layout: ``"channels_last"`` or ``"channels_first"``.
+      feedback: what dx is sent back through (:mod:`jaxconv.feedback`): ``None`` (backprop),
+        an array of w's shape and dtype (in ``layout``), or a callable of the channels-last
+        w (e.g. ``jaxconv.feedback.sign``). Forward, dw and db are backprop's either way.
 
     Returns:
       ``y`` of shape ``(N, *out_spatial, C_out)`` (or ``(N, C_out, *out_spatial)``) with
@@ -291,20 +298,29 @@ def _conv_front(
     runs the same forward and lets JAX differentiate it.
     """
     layout = _checks.layout(layout)
+    feedback = _checks.feedback(feedback, w)
     x, w, b = _checks.promote(x=x, w=w, b=b)
     if layout == "channels_first":
         if x.ndim >= 3:
             x = jnp.moveaxis(x, 1, -1)
-        if w.ndim >= 3:
-            w = jnp.transpose(w, (*range(2, w.ndim), 1, 0))
+        w, feedback = kernels_last(w, feedback)
     cfg = _checks.conv_config(
         x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout
     )
-    y = core(x, w, b, cfg)
+    y = core(x, w, b, cfg, feedback=_checks.feedback_kernel(feedback, w))
     return jnp.moveaxis(y, -1, 1) if layout == "channels_first" else y
 
 
-conv, conv_autodiff = twins(_conv_front, _conv_manual, conv_forward)
+def kernels_last(w, feedback):
+    """A channels-first kernel (O, I, *K) -> channels-last (*K, I, O), and a feedback array
+    with it (a callable feedback is called later, on the channels-last w)."""
+    def last(k):
+        return jnp.transpose(k, (*range(2, k.ndim), 1, 0)) if k.ndim >= 3 else k
+
+    return last(w), (feedback if callable(feedback) or feedback is None else last(feedback))
+
+
+conv, conv_autodiff = twins(_conv_front, _conv_manual, autodiff_with_feedback(conv_forward))
 
 
 def _rank_checked(nd: int, name: str):

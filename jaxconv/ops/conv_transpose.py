@@ -53,8 +53,8 @@ from jax import lax
 
 from jaxconv import _checks
 from jaxconv._checks import ConvTransposeConfig
-from jaxconv.ops._twins import twins
-from jaxconv.ops.conv import conv_db, conv_dw, conv_dx, conv_forward
+from jaxconv.ops._twins import autodiff_with_feedback, twins, with_feedback
+from jaxconv.ops.conv import conv_db, conv_dw, conv_dx, conv_forward, kernels_last
 
 # --------------------------------------------------------------------------------------------
 # Forward and the three rules. Core layout: x (N, *I, C_in), w (*K, C_out/g, C_in) (the kernel
@@ -147,6 +147,7 @@ def _conv_transpose_front(
     dilation=1,
     groups=1,
     layout="channels_last",
+    feedback=None,
 ):
     """N-d transposed convolution: the adjoint of :func:`jaxconv.conv` in x, with optional bias.
 
@@ -172,6 +173,10 @@ def _conv_transpose_front(
       dilation: kernel dilation, int or one per spatial dim.
       groups: channel groups; both C_in and C_out are split into ``groups`` groups.
       layout: ``"channels_last"`` or ``"channels_first"``.
+      feedback: what dx is sent back through (:mod:`jaxconv.feedback`): ``None`` (backprop),
+        an array of w's shape and dtype (in ``layout``), or a callable of the channels-last
+        w ``(*kernel, C_out // groups, C_in)``. Forward, dw and db are backprop's either way;
+        ``dx = conv(dy, B)``.
 
     Returns:
       ``y`` of shape ``(N, *out_spatial, C_out)`` (or ``(N, C_out, *out_spatial)``) with
@@ -185,20 +190,21 @@ def _conv_transpose_front(
     differentiate it.
     """
     layout = _checks.layout(layout)
+    feedback = _checks.feedback(feedback, w)
     x, w, b = _checks.promote(x=x, w=w, b=b)
     if layout == "channels_first":
         if x.ndim >= 3:
             x = jnp.moveaxis(x, 1, -1)
-        if w.ndim >= 3:
-            w = jnp.transpose(w, (*range(2, w.ndim), 1, 0))
+        w, feedback = kernels_last(w, feedback)
     tcfg = _checks.conv_transpose_config(
         x, w, b, stride=stride, padding=padding, output_padding=output_padding,
         dilation=dilation, groups=groups, layout=layout,
     )
-    y = core(x, w, b, tcfg)
+    y = core(x, w, b, tcfg, feedback=_checks.feedback_kernel(feedback, w))
     return jnp.moveaxis(y, -1, 1) if layout == "channels_first" else y
 
 
 conv_transpose, conv_transpose_autodiff = twins(
-    _conv_transpose_front, _conv_transpose_manual, conv_transpose_forward
+    _conv_transpose_front, with_feedback(_conv_transpose_manual),
+    autodiff_with_feedback(conv_transpose_forward),
 )

@@ -32,7 +32,7 @@ import numpy as np
 from jax import lax
 
 from jaxconv import _checks
-from jaxconv.ops._twins import twins
+from jaxconv.ops._twins import autodiff_with_feedback, twins, with_feedback
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,24 +148,30 @@ _dense_manual = jax.custom_vjp(dense_forward)
 _dense_manual.defvjp(_dense_fwd, _dense_bwd)
 
 
-def _dense_front(core, x, w, b=None):
+def _dense_front(core, x, w, b=None, *, feedback=None):
     """The perceptron layer y = x·w + b.
 
     Args:
       x: ``(..., n_in)``; every leading axis is a batch axis.
       w: ``(n_in, n_out)``.
       b: optional ``(n_out,)``.
+      feedback: what dx is sent back through (:mod:`jaxconv.feedback`): ``None`` (backprop),
+        an array of w's shape and dtype, or a callable of w. Forward, dw and db are
+        backprop's either way; ``dx = dy·Bᵀ``.
 
     Returns:
       ``y`` of shape ``(..., n_out)``. ``jaxconv.dense`` differentiates by the rules
       ``dx = dy·wᵀ``, ``dw = xᵀ·dy``, ``db = Σ dy`` (see :mod:`jaxconv.ops.dense`).
     """
+    feedback = _checks.feedback(feedback, w)
     x, w, b = _checks.promote(x=x, w=w, b=b)
     _checks.dense_shapes(x, w, b)
-    return core(x, w, b)
+    return core(x, w, b, feedback=_checks.feedback_kernel(feedback, w))
 
 
-dense, dense_autodiff = twins(_dense_front, _dense_manual, dense_forward)
+dense, dense_autodiff = twins(
+    _dense_front, with_feedback(_dense_manual), autodiff_with_feedback(dense_forward)
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,7 +218,7 @@ def dot_config(x: Any, w: Any, dimension_numbers: Any, precision: Any = None) ->
     return DotConfig(contracting=(xc, wc), batch=(xb, wb), precision=precision)
 
 
-def _dot_general_front(core, x, w, dimension_numbers, *, precision=None):
+def _dot_general_front(core, x, w, dimension_numbers, *, precision=None, feedback=None):
     """A general tensor contraction, ``lax.dot_general``'s, with the perceptron's rule.
 
     Args:
@@ -221,6 +227,9 @@ def _dot_general_front(core, x, w, dimension_numbers, *, precision=None):
       dimension_numbers: ``((x_contracting, w_contracting), (x_batch, w_batch))``, sequences of
         axes paired one by one, as in ``lax.dot_general``.
       precision: ``lax.dot_general``'s precision, used by the forward and both rules.
+      feedback: what dx (the gradient of the *lhs* x) is sent back through
+        (:mod:`jaxconv.feedback`): ``None`` (backprop), an array of w's (the rhs') shape and
+        dtype, or a callable of w. Forward and dw are backprop's either way; ``dx = dy·Bᵀ``.
 
     Returns:
       ``y`` with axes ``(batch..., x's free axes..., w's free axes...)``, e.g.
@@ -228,8 +237,12 @@ def _dot_general_front(core, x, w, dimension_numbers, *, precision=None):
       ``(B, K, N)`` is ``(B, M, N)``. ``jaxconv.dot_general`` differentiates by
       ``dx = dy·wᵀ`` and ``dw = xᵀ·dy`` over those axes (see :mod:`jaxconv.ops.dense`).
     """
+    feedback = _checks.feedback(feedback, w)
     x, w = _checks.promote(x=x, w=w)
-    return core(x, w, dot_config(x, w, dimension_numbers, precision))
+    cfg = dot_config(x, w, dimension_numbers, precision)
+    return core(x, w, cfg, feedback=_checks.feedback_kernel(feedback, w))
 
 
-dot_general, dot_general_autodiff = twins(_dot_general_front, _dot_manual, dot_forward)
+dot_general, dot_general_autodiff = twins(
+    _dot_general_front, with_feedback(_dot_manual), autodiff_with_feedback(dot_forward)
+)
