@@ -34,7 +34,8 @@ def _broken_conv_bwd(cfg, residuals, dy):
 _broken_core = jax.custom_vjp(conv_forward, nondiff_argnums=(3,))
 _broken_core.defvjp(lambda x, w, b, cfg: (conv_forward(x, w, b, cfg), (x, w, b)),
                     _broken_conv_bwd)
-BROKEN_CONV, _ = twins(_conv_front, with_feedback(_broken_core), autodiff_with_feedback(conv_forward))
+BROKEN_CONV, _ = twins(
+    _conv_front, with_feedback(_broken_core), autodiff_with_feedback(conv_forward))
 
 
 @jax.custom_vjp
