@@ -89,17 +89,19 @@ def dot_dx(dy: jax.Array, w: jax.Array, x_ndim: int, cfg: DotConfig) -> jax.Arra
 
 
 def dot_dw(x: jax.Array, dy: jax.Array, w_ndim: int, cfg: DotConfig) -> jax.Array:
-    """dw = xᵀ · dy: x's free axes contracted with dy's i-axes, batch axes kept.
+    """dw = xᵀ · dy, computed as (dyᵀ · x)ᵀ: dy's i-axes contracted with x's free axes, batch
+    axes kept.
 
-    The product comes out as (b..., k..., j...), the k axes in x's order; it is transposed back
-    into w's axis order.
+    The product comes out as (b..., j..., k...), the k axes in x's order; it is transposed back
+    into w's axis order. Taking dy as the left operand is JAX's own order for this product (its
+    transpose rule of ``dot_general``), so the float rounding of dw is autodiff's too.
     """
     (xc, wc), (xb, wb) = cfg.contracting, cfg.batch
     x_free = cfg.free(0, x.ndim)
     nb = len(xb)
-    dims = ((x_free, tuple(range(nb, nb + len(x_free)))), (xb, tuple(range(nb))))
-    dw = lax.dot_general(x, dy, dims, precision=cfg.precision)
-    order = (*wb, *(wc[xc.index(a)] for a in sorted(xc)), *cfg.free(1, w_ndim))
+    dims = ((tuple(range(nb, nb + len(x_free))), x_free), (tuple(range(nb)), xb))
+    dw = lax.dot_general(dy, x, dims, precision=cfg.precision)
+    order = (*wb, *cfg.free(1, w_ndim), *(wc[xc.index(a)] for a in sorted(xc)))
     return jnp.transpose(dw, np.argsort(order))
 
 

@@ -71,23 +71,42 @@ def _softmax_cross_entropy_front(core, logits, labels):
 # --- softmax cross-entropy, integer labels ---------------------------------------------------
 
 
+def _shifted_exp(logits):
+    """The parts of softmax that forward and rule share: e = exp(z − m) and s = Σ_c e, with
+    m = max_c z held constant (``stop_gradient``; 0 where it is not finite), so that
+    softmax(z) = e / s and logsumexp(z) = log s + m, as ``jax.nn.logsumexp`` computes them."""
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0))
+    e = jnp.exp(logits - m)
+    return e, jnp.sum(e, axis=-1), m[..., 0]
+
+
 def softmax_cross_entropy_with_integer_labels_forward(logits, labels):
-    """Lₘ = logsumexp(logits[m]) − logits[m, labels[m]], one per example."""
-    logz = jax.nn.logsumexp(logits, axis=-1)
+    """Lₘ = logsumexp(logits[m]) − logits[m, labels[m]] = log sₘ + mₘ − logits[m, labels[m]],
+    one per example."""
+    _, s, m = _shifted_exp(logits)
     picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-    return logz - picked
+    return jnp.log(s) + m - picked
 
 
 def _sce_int_fwd(logits, labels):
-    y = softmax_cross_entropy_with_integer_labels_forward(logits, labels)
-    return y, (jax.nn.softmax(logits, axis=-1), labels)
+    e, s, m = _shifted_exp(logits)
+    picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    return jnp.log(s) + m - picked, (e, s, labels)
 
 
 def _sce_int_bwd(residuals, dl):
-    """dlogits = dL · (softmax − onehot(labels)); integer labels get no gradient (float0)."""
-    p, labels = residuals
-    onehot = jax.nn.one_hot(labels, p.shape[-1], dtype=p.dtype)
-    return dl[..., None] * (p - onehot), np.zeros(labels.shape, dtype=jax.dtypes.float0)
+    """dlogits = dL · (softmax − onehot(labels)) = (dL / s) · e − dL · onehot(labels); integer
+    labels get no gradient (float0).
+
+    The softmax is kept as its parts e and s, and the product taken in that order ((dL / s)
+    times e, then dL taken off at the label): the order in which JAX differentiates the
+    forward's log s and its gather, so the rounding is autodiff's too.
+    """
+    e, s, labels = residuals
+    onehot = jax.nn.one_hot(labels, e.shape[-1], dtype=e.dtype)
+    dl = dl[..., None]
+    return (dl / s[..., None]) * e - dl * onehot, np.zeros(labels.shape, dtype=jax.dtypes.float0)
 
 
 _sce_int_manual = jax.custom_vjp(softmax_cross_entropy_with_integer_labels_forward)
