@@ -33,6 +33,7 @@ from jax import lax
 
 from jaxconv import _checks
 from jaxconv.ops._twins import twins
+from jaxconv.ops._varying import summed_like
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +112,8 @@ def _dot_general_fwd(x, w, cfg):
 
 def _dot_general_bwd(cfg, residuals, dy):
     x, w = residuals
-    return dot_dx(dy, w, x.ndim, cfg), dot_dw(x, dy, w.ndim, cfg)
+    return (summed_like(dot_dx(dy, w, x.ndim, cfg), x),
+            summed_like(dot_dw(x, dy, w.ndim, cfg), w))
 
 
 _dot_manual = jax.custom_vjp(dot_forward, nondiff_argnums=(2,))
@@ -143,7 +145,8 @@ def _dense_bwd(residuals, dy):
     x, w, b = residuals  # b only for its structure (None or (n_out,))
     cfg = dense_config(x.ndim)
     db = None if b is None else dense_db(dy)
-    return dot_dx(dy, w, x.ndim, cfg), dot_dw(x, dy, w.ndim, cfg), db
+    return (summed_like(dot_dx(dy, w, x.ndim, cfg), x),
+            summed_like(dot_dw(x, dy, w.ndim, cfg), w), summed_like(db, b))
 
 
 _dense_manual = jax.custom_vjp(dense_forward)
