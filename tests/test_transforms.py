@@ -196,17 +196,6 @@ def test_shard_map(replicated_params):
     S.assert_trees_close(grads, whole, RTOL, "shard_map vs unsharded")
 
 
-def _known_limitation(run, message: str, reason: str) -> None:
-    """Run; an error carrying ``message`` is the documented limitation (xfail), any other error
-    fails, and success passes (then this guard can go)."""
-    try:
-        run()
-    except Exception as err:  # noqa: BLE001 - JAX's sharding errors are not public types
-        if message in str(err):
-            pytest.xfail(reason)
-        raise
-
-
 def _sharded_jit_grads(ops, mesh, params, x, labels, target):
     rows = NamedSharding(mesh, P("batch"))
     x_s, labels_s, target_s = (jax.device_put(a, rows) for a in (x, labels, target))
@@ -227,14 +216,19 @@ def test_sharded_jit():
 
 
 def test_explicit_sharding():
+    """Explicit sharding (sharding in types, ``AxisType.Explicit``): the batch sharded over the
+    4 devices, the parameters replicated on the same mesh. The rules' products that contract or
+    reshape the sharded batch (dense's and conv's dw, the faster dx formulations, max-pool's
+    tiled dx) run with the axes treated as automatic and come out laid out like their primals
+    (ops/_varying.laid_out_like); the gradients equal autodiff's and the unsharded ones, and
+    the parameters' gradients stay replicated."""
     mesh, params, (x, labels, target) = _mesh(jax.sharding.AxisType.Explicit), init(), batch(8)
-    _known_limitation(
-        lambda: _sharded_jit_grads(MODES["manual"], mesh, params, x, labels, target),
-        "Contracting dimensions are sharded",
-        "known limitation: under explicit sharding (sharding in types) dense's dw = xᵀ·dy "
-        "contracts the sharded batch axis and JAX asks for an out_sharding, which its own "
-        "transpose rule supplies",
-    )
+    params = jax.device_put(params, NamedSharding(mesh, P()))
+    grads = compare(lambda ops: _sharded_jit_grads(ops, mesh, params, x, labels, target))
+    assert all(g.sharding.is_fully_replicated for g in jax.tree.leaves(grads[0]))
+    whole = jax.jit(jax.grad(lambda p, x: loss(MODES["autodiff"], p, x, labels, target),
+                             (0, 1)))(jax.device_get(params), x)
+    S.assert_trees_close(grads, whole, RTOL, "explicit sharding vs unsharded")
 
 
 class ChexVariants(chex.TestCase):

@@ -1,5 +1,5 @@
-r"""Cotangents under ``shard_map``: a rule's gradient summed over the mesh axes its primal is
-replicated along.
+r"""Cotangents on a mesh: a rule's gradient summed over the mesh axes its primal is replicated
+along (``shard_map``), and laid out like its primal (explicit sharding).
 
 Inside ``shard_map`` (with ``check_vma``) every value records the manual mesh axes it *varies*
 along. A parameter passed replicated (``P()``) is the same on every device; used with a batch
@@ -44,3 +44,23 @@ def summed_like(ct, primal):
         return None
     extra = varying_axes(ct) - varying_axes(primal)
     return lax.psum(ct, tuple(sorted(extra))) if extra else ct
+
+
+def laid_out_like(primal, rule, a, b, *static):
+    """``rule(a, b, *static)`` (two arrays, then static arguments), laid out like ``primal``
+    where ``primal``'s type carries a mesh with explicit axes (``AxisType.Explicit``); computed
+    as it is elsewhere.
+
+    A weight's rule contracts the batch axis (dw = xᵀ·dy, x ⋆ dy), which data parallelism
+    shards, and the faster formulations of dx reshape the batch into their rows; under explicit
+    sharding JAX then asks each such product or reshape for its output's sharding
+    (``out_sharding``). Here the rule's products run with the explicit axes treated as automatic
+    (``jax.sharding.auto_axes``) and the result takes the primal's sharding, as JAX's own
+    transpose rules lay out a cotangent like its primal: replicated parameters get replicated
+    gradients, summed over the devices.
+    """
+    sharding = jax.typeof(primal).sharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.empty or not mesh.explicit_axes:
+        return rule(a, b, *static)
+    return jax.sharding.auto_axes(lambda a, b: rule(a, b, *static), out_sharding=sharding)(a, b)

@@ -54,7 +54,7 @@ from jax import lax
 from jaxconv import _checks
 from jaxconv._checks import ConvTransposeConfig
 from jaxconv.ops._twins import twins
-from jaxconv.ops._varying import summed_like
+from jaxconv.ops._varying import laid_out_like, summed_like
 from jaxconv.ops.conv import conv_db, conv_dw, conv_dx, conv_forward
 
 # --------------------------------------------------------------------------------------------
@@ -122,8 +122,8 @@ def _conv_transpose_bwd(tcfg, residuals, dy):
     db = None if b is None else conv_db(dy)  # db = Σ dy
     if tcfg.empty:  # no output position depends on x or w
         return jnp.zeros_like(x), jnp.zeros_like(w), summed_like(db, b)
-    dx = conv_transpose_dx(dy, w, tcfg)
-    dw = conv_transpose_dw(x, dy, w.shape[: tcfg.conv.nd], tcfg)
+    dx = laid_out_like(x, conv_transpose_dx, dy, w, tcfg)
+    dw = laid_out_like(w, conv_transpose_dw, x, dy, w.shape[: tcfg.conv.nd], tcfg)
     return summed_like(dx, x), summed_like(dw, w), summed_like(db, b)
 
 

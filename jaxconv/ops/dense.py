@@ -33,7 +33,7 @@ from jax import lax
 
 from jaxconv import _checks
 from jaxconv.ops._twins import twins
-from jaxconv.ops._varying import summed_like
+from jaxconv.ops._varying import laid_out_like, summed_like
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +113,7 @@ def _dot_general_fwd(x, w, cfg):
 def _dot_general_bwd(cfg, residuals, dy):
     x, w = residuals
     return (summed_like(dot_dx(dy, w, x.ndim, cfg), x),
-            summed_like(dot_dw(x, dy, w.ndim, cfg), w))
+            summed_like(laid_out_like(w, dot_dw, x, dy, w.ndim, cfg), w))
 
 
 _dot_manual = jax.custom_vjp(dot_forward, nondiff_argnums=(2,))
@@ -146,7 +146,7 @@ def _dense_bwd(residuals, dy):
     cfg = dense_config(x.ndim)
     db = None if b is None else dense_db(dy)
     return (summed_like(dot_dx(dy, w, x.ndim, cfg), x),
-            summed_like(dot_dw(x, dy, w.ndim, cfg), w), summed_like(db, b))
+            summed_like(laid_out_like(w, dot_dw, x, dy, w.ndim, cfg), w), summed_like(db, b))
 
 
 _dense_manual = jax.custom_vjp(dense_forward)
