@@ -96,17 +96,21 @@ def _sce_int_fwd(logits, labels):
 
 
 def _sce_int_bwd(residuals, dl):
-    """dlogits = dL · (softmax − onehot(labels)) = (dL / s) · e − dL · onehot(labels); integer
-    labels get no gradient (float0).
+    """dlogits = dL · (softmax − onehot(labels)) = (dL / s) · e, with dL taken off at each label;
+    integer labels get no gradient (float0).
 
-    The softmax is kept as its parts e and s, and the product taken in that order ((dL / s)
-    times e, then dL taken off at the label): the order in which JAX differentiates the
-    forward's log s and its gather, so the rounding is autodiff's too.
+    The softmax is kept as its parts e and s, and the rule takes the same steps as JAX's
+    derivative of the forward's log s and of its gather: the product (dL / s) · e, then a
+    scatter-add of −dL at the labels. A scatter stays out of the product's loop, so XLA:CPU
+    cannot contract the two into one fused multiply-add (as it may do for
+    ``(dL / s) · e − dL · onehot``), and the rounding is autodiff's too.
     """
     e, s, labels = residuals
-    onehot = jax.nn.one_hot(labels, e.shape[-1], dtype=e.dtype)
-    dl = dl[..., None]
-    return (dl / s[..., None]) * e - dl * onehot, np.zeros(labels.shape, dtype=jax.dtypes.float0)
+    dlogits = (dl / s)[..., None] * e
+    flat = dlogits.reshape(-1, e.shape[-1])
+    rows = jnp.arange(flat.shape[0])
+    flat = flat.at[rows, labels.reshape(-1)].add(-dl.reshape(-1))
+    return flat.reshape(e.shape), np.zeros(labels.shape, dtype=jax.dtypes.float0)
 
 
 _sce_int_manual = jax.custom_vjp(softmax_cross_entropy_with_integer_labels_forward)
