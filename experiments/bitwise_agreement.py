@@ -95,7 +95,8 @@ def markdown(rows: list[dict], command: str) -> str:
         "cnn1d's strided convolutions sum in other orders: the gradients at the same parameters "
         "still agree to float64 rounding (max grad rel diff above), but the rounding "
         "differences compound through adamw from step to step. The bound is met under: "
-        f"{met or 'none'}. So `jaxconv train --compare --dtype float64` shows the proof in training under "
+        f"{met or 'none'}. So `jaxconv train --compare --dtype float64` shows the proof in "
+        "training under "
         "`JAXCONV_CONV_POLICY=xla`; it states the policy on its output line and in "
         "summary.json (`conv_policy`).",
         "",
