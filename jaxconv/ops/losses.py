@@ -106,11 +106,19 @@ def _sce_int_bwd(residuals, dl):
     ``(dL / s) · e − dL · onehot``), and the rounding is autodiff's too.
     """
     e, s, labels = residuals
-    dlogits = (dl / s)[..., None] * e
-    flat = dlogits.reshape(-1, e.shape[-1])
-    rows = jnp.arange(flat.shape[0])
-    flat = flat.at[rows, labels.reshape(-1)].add(-dl.reshape(-1))
-    return flat.reshape(e.shape), np.zeros(labels.shape, dtype=jax.dtypes.float0)
+    dlogits = _add_at_labels((dl / s)[..., None] * e, labels, -dl)
+    return dlogits, np.zeros(labels.shape, dtype=jax.dtypes.float0)
+
+
+def _add_at_labels(a, labels, values):
+    """a[m, labels[m]] += values[m] for every example m: one scatter-add along the class axis,
+    the leading axes paired as batch axes (the transpose of the forward's gather)."""
+    nb = labels.ndim
+    dims = jax.lax.ScatterDimensionNumbers(
+        update_window_dims=(), inserted_window_dims=(nb,), scatter_dims_to_operand_dims=(nb,),
+        operand_batching_dims=tuple(range(nb)), scatter_indices_batching_dims=tuple(range(nb)))
+    return jax.lax.scatter_add(a, labels[..., None], values, dims,
+                               mode=jax.lax.GatherScatterMode.FILL_OR_DROP)
 
 
 _sce_int_manual = jax.custom_vjp(softmax_cross_entropy_with_integer_labels_forward)
