@@ -11,7 +11,10 @@ With integer labels t (...) the labels are the one-hot rows, so
 
     Lₘ = logsumexp(zₘ) − zₘ,tₘ        dzₘ = dLₘ · (softmax(zₘ) − onehot(tₘ))
 
-and the labels get no gradient. The residual is the (log-)softmax itself.
+and the labels get no gradient. The residual is the softmax itself: log softmax for probability
+labels; for integer labels its parts e = exp(z − max z) and s = Σ e (softmax = e / s), from which
+the rule computes (dL / s) · e and takes dL off at the label by a scatter-add, the order of JAX's
+own derivative, so that in float64 the two agree bit for bit.
 
 Squared error, elementwise: L = (p − q)²,  dp = dL · 2(p − q),  dq = −dp.
 """
