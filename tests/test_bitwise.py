@@ -6,7 +6,9 @@ Each model takes a few steps of its recipe's optimizer in the scanned epoch that
 ``jaxconv.train`` runs, once with each gradient mode, from the same parameters on the same
 batches; the per-step losses and the final parameters must be *equal* (no tolerance), and so
 must ``jax.grad`` of the loss at the starting parameters. (experiments/bitwise_agreement.py
-shows it for the whole default cnn1d run.)
+shows it for the whole default cnn1d run; test_cli_train.py's float64 ``--compare`` test runs a
+longer lenet5 epoch on the digits, where dense's dw in the other operand order, (xᵀ·dy) rather
+than JAX's (dyᵀ·x)ᵀ, already rounds differently inside the compiled step.)
 """
 
 from __future__ import annotations
