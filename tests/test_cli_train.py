@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+import jaxconv
 from jaxconv.cli import main
 
 QUICK = ["--dataset", "digits", "--model", "perceptron", "--epochs", "1", "--batch-size", "64"]
@@ -155,10 +156,27 @@ def test_compare_run_reports_both_variants(tmp_path, capsys):
     stdout = capsys.readouterr().out.splitlines()
     assert stdout[0].startswith("perceptron on digits (autodiff gradients, float32, seed 0): "
                                 "test accuracy")
-    assert stdout[1].startswith("autodiff vs manual: max |loss difference| ")
+    assert stdout[1].startswith(f"autodiff vs manual (conv formulation policy "
+                                f"{jaxconv.get_policy()}): max |loss difference| ")
     compare = json.loads((out / "summary.json").read_text())["compare"]
     assert compare["max_loss_diff"] < 1e-5 and compare["max_param_diff"] < 1e-5
     assert (out / "compare.png").is_file()
+
+
+def test_float64_compare_under_xla_is_bitwise(tmp_path, capsys, monkeypatch):
+    """``--compare --dtype float64`` under the xla policy: the two runs are the same numbers
+    (loss and parameter differences exactly 0), and the output says which policy held."""
+    monkeypatch.setenv("JAXCONV_CONV_POLICY", "xla")
+    out = tmp_path / "f64"
+    argv = ["train", "--dataset", "digits", "--model", "lenet5", "--epochs", "1", "--batch-size",
+            "64", "--dtype", "float64", "--compare", "--out", str(out)]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith(
+        "manual vs autodiff (conv formulation policy xla): max |loss difference| 0, max "
+        "|parameter difference| 0, ")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["conv_policy"] == "xla"
+    assert summary["compare"]["max_loss_diff"] == 0 and summary["compare"]["max_param_diff"] == 0
 
 
 def test_mnist_from_idx_files(mnist_dir, tmp_path, capsys):

@@ -17,6 +17,7 @@ SUMMARY_KEYS = {
     "test_accuracy", "test_loss", "final_loss", "train_accuracy", "train_seconds",
     "compile_seconds", "steps", "epochs", "grads", "model", "dataset", "seed", "optimizer", "lr",
     "batch_size", "schedule", "weight_decay", "momentum", "devices", "processes", "dtype",
+    "conv_policy",
 }
 RECORD_KEYS = {"epoch", "step", "grads", "train_loss", "train_accuracy", "test_loss",
                "test_accuracy", "seconds"}

@@ -172,7 +172,9 @@ def _shard_map_grads(ops, params, x, labels, target, *, replicated_params: bool)
             # below is then the explicit all-reduce of data parallelism.
             p = jax.tree.map(lambda a: jax.lax.pcast(a, "batch", to="varying"), p)
         g = jax.grad(lambda p: loss(ops, p, x, labels, target) * x.shape[0])(p)
-        return jax.lax.psum(g, "batch")
+        # Replicated parameters get a replicated gradient, already summed over the devices (by
+        # the transpose of JAX's implicit broadcast, and by the rules' own psum).
+        return g if replicated_params else jax.lax.psum(g, "batch")
 
     fn = jax.shard_map(local, mesh=mesh, in_specs=(P(), P("batch"), P("batch"), P("batch")),
                        out_specs=P())
@@ -181,37 +183,17 @@ def _shard_map_grads(ops, params, x, labels, target, *, replicated_params: bool)
     return jax.tree.map(lambda g: g / len(x), jax.jit(fn)(params, *placed))
 
 
-def test_shard_map():
-    """Data parallel: each of the 4 devices takes its slice of the batch, computes its gradient
-    with the rules, and the gradients are summed with psum; equal to the unsharded gradient."""
+@pytest.mark.parametrize("replicated_params", [False, True], ids=["varying", "replicated"])
+def test_shard_map(replicated_params):
+    """Data parallel: each of the 4 devices takes its slice of the batch and computes its
+    gradient with the rules; equal to the unsharded gradient. With varying (per-device) copies of
+    the parameters the gradients are summed by an explicit psum; with replicated ones (``P()``)
+    each rule sums its dw and db over the axes dy varies along itself (ops/_varying.py)."""
     params, (x, labels, target) = init(), batch(8)
     grads = compare(lambda ops: _shard_map_grads(ops, params, x, labels, target,
-                                                 replicated_params=False))
+                                                 replicated_params=replicated_params))
     whole = jax.jit(jax.grad(lambda p: loss(MODES["autodiff"], p, x, labels, target)))(params)
     S.assert_trees_close(grads, whole, RTOL, "shard_map vs unsharded")
-
-
-def _known_limitation(run, message: str, reason: str) -> None:
-    """Run; an error carrying ``message`` is the documented limitation (xfail), any other error
-    fails, and success passes (then this guard can go)."""
-    try:
-        run()
-    except Exception as err:  # noqa: BLE001 - JAX's sharding errors are not public types
-        if message in str(err):
-            pytest.xfail(reason)
-        raise
-
-
-def test_shard_map_with_replicated_parameters():
-    params, (x, labels, target) = init(), batch(8)
-    _known_limitation(
-        lambda: _shard_map_grads(MODES["manual"], params, x, labels, target,
-                                 replicated_params=True),
-        "Custom VJP bwd rule must produce an output with the same type",
-        "known limitation: with replicated (non-varying) parameters inside shard_map "
-        "(check_vma=True) a custom_vjp bwd rule must itself psum dw and db over the mesh axes "
-        "the batch varies along; JAX does so only for its own derivatives",
-    )
 
 
 def _sharded_jit_grads(ops, mesh, params, x, labels, target):
@@ -234,14 +216,19 @@ def test_sharded_jit():
 
 
 def test_explicit_sharding():
+    """Explicit sharding (sharding in types, ``AxisType.Explicit``): the batch sharded over the
+    4 devices, the parameters replicated on the same mesh. The rules' products that contract or
+    reshape the sharded batch (dense's and conv's dw, the faster dx formulations, max-pool's
+    tiled dx) run with the axes treated as automatic and come out laid out like their primals
+    (ops/_varying.laid_out_like); the gradients equal autodiff's and the unsharded ones, and
+    the parameters' gradients stay replicated."""
     mesh, params, (x, labels, target) = _mesh(jax.sharding.AxisType.Explicit), init(), batch(8)
-    _known_limitation(
-        lambda: _sharded_jit_grads(MODES["manual"], mesh, params, x, labels, target),
-        "Contracting dimensions are sharded",
-        "known limitation: under explicit sharding (sharding in types) dense's dw = xᵀ·dy "
-        "contracts the sharded batch axis and JAX asks for an out_sharding, which its own "
-        "transpose rule supplies",
-    )
+    params = jax.device_put(params, NamedSharding(mesh, P()))
+    grads = compare(lambda ops: _sharded_jit_grads(ops, mesh, params, x, labels, target))
+    assert all(g.sharding.is_fully_replicated for g in jax.tree.leaves(grads[0]))
+    whole = jax.jit(jax.grad(lambda p, x: loss(MODES["autodiff"], p, x, labels, target),
+                             (0, 1)))(jax.device_get(params), x)
+    S.assert_trees_close(grads, whole, RTOL, "explicit sharding vs unsharded")
 
 
 class ChexVariants(chex.TestCase):

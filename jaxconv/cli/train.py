@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if not quiet:
         print(_result_line(result.summary))
         if config.compare:
-            print(_compare_line(result.summary["compare"]))
+            print(_compare_line(result.summary))
         if config.out is not None:
             print(f"wrote {config.out}/summary.json, metrics.jsonl and plots")
     return 0
@@ -114,11 +114,19 @@ def _result_line(s: dict) -> str:
             + (f" in {s['processes']} processes" if s["processes"] > 1 else ""))
 
 
-def _compare_line(c: dict) -> str:
+def _compare_line(s: dict) -> str:
+    """The comparison's numbers, and under which convolution formulation policy they hold: in
+    float64 the two modes agree bit for bit under "xla" (one XLA convolution per product, summed
+    in JAX's own order); under "auto" the faster formulations sum in other orders, so rounding
+    differences of ~1e-16 per step compound through the optimizer."""
+    c = s["compare"]
     a, b = c["grads"]
-    return (f"{a} vs {b}: max |loss difference| {c['max_loss_diff']:.3g}, max |parameter "
-            f"difference| {c['max_param_diff']:.3g}, max gradient difference at the same "
-            f"parameters {c['max_grad_rel_diff']:.3g} (relative, every step); test accuracy "
+    hint = ("; bit for bit only under JAXCONV_CONV_POLICY=xla"
+            if s["dtype"] == "float64" and s["conv_policy"] != "xla" else "")
+    return (f"{a} vs {b} (conv formulation policy {s['conv_policy']}{hint}): max |loss "
+            f"difference| {c['max_loss_diff']:.3g}, max |parameter difference| "
+            f"{c['max_param_diff']:.3g}, max gradient difference at the same parameters "
+            f"{c['max_grad_rel_diff']:.3g} (relative, every step); test accuracy "
             f"{100 * c['test_accuracy'][a]:.2f}% vs {100 * c['test_accuracy'][b]:.2f}%; "
             f"train seconds {c['train_seconds'][a]:.1f} vs {c['train_seconds'][b]:.1f}")
 

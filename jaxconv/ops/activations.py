@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxconv import _checks
 from jaxconv.ops._twins import twins
+from jaxconv.ops._varying import summed_like
 
 
 def relu_forward(x):
@@ -65,8 +66,8 @@ def _leaky_relu_array_fwd(x, negative_slope):
 def _leaky_relu_array_bwd(residuals, dy):
     x, negative_slope = residuals
     positive = x > 0
-    return (leaky_relu_dx(positive, negative_slope, dy),
-            leaky_relu_dslope(x, positive, dy, negative_slope.shape))
+    return (summed_like(leaky_relu_dx(positive, negative_slope, dy), x),
+            summed_like(leaky_relu_dslope(x, positive, dy, negative_slope.shape), negative_slope))
 
 
 def _sum_to_shape(a, shape):

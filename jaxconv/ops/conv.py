@@ -49,6 +49,7 @@ from jaxconv import _checks
 from jaxconv._geometry import ConvConfig, effective
 from jaxconv.ops import _choice, _formulations
 from jaxconv.ops._twins import autodiff_with_feedback, twins, with_feedback
+from jaxconv.ops._varying import laid_out_like, summed_like
 
 # --------------------------------------------------------------------------------------------
 # The reference forms: the forward and its two rules as correlations, the lecture's formulas.
@@ -235,10 +236,10 @@ def _conv_fwd(x, w, b, cfg, plan):
 
 def _conv_bwd(cfg, plan, residuals, dy):
     x, w, b = residuals  # b is kept only for its structure (None or (C_out,))
-    dx = DX[plan[1]](dy, w, x.shape[1:-1], cfg)
-    dw = DW[plan[2]](x, dy, w.shape[: cfg.nd], cfg)
+    dx = laid_out_like(x, DX[plan[1]], dy, w, x.shape[1:-1], cfg)
+    dw = laid_out_like(w, DW[plan[2]], x, dy, w.shape[: cfg.nd], cfg)
     db = None if b is None else conv_db(dy)
-    return dx, dw, db
+    return summed_like(dx, x), summed_like(dw, w), summed_like(db, b)
 
 
 _conv_rule = jax.custom_vjp(_conv_planned, nondiff_argnums=(3, 4))

@@ -54,6 +54,7 @@ from jax import lax
 from jaxconv import _checks
 from jaxconv._checks import ConvTransposeConfig
 from jaxconv.ops._twins import autodiff_with_feedback, twins, with_feedback
+from jaxconv.ops._varying import laid_out_like, summed_like
 from jaxconv.ops.conv import conv_db, conv_dw, conv_dx, conv_forward, kernels_last
 
 # --------------------------------------------------------------------------------------------
@@ -120,10 +121,10 @@ def _conv_transpose_bwd(tcfg, residuals, dy):
     x, w, b = residuals  # b is kept only for its structure (None or (C_out,))
     db = None if b is None else conv_db(dy)  # db = Σ dy
     if tcfg.empty:  # no output position depends on x or w
-        return jnp.zeros_like(x), jnp.zeros_like(w), db
-    dx = conv_transpose_dx(dy, w, tcfg)
-    dw = conv_transpose_dw(x, dy, w.shape[: tcfg.conv.nd], tcfg)
-    return dx, dw, db
+        return jnp.zeros_like(x), jnp.zeros_like(w), summed_like(db, b)
+    dx = laid_out_like(x, conv_transpose_dx, dy, w, tcfg)
+    dw = laid_out_like(w, conv_transpose_dw, x, dy, w.shape[: tcfg.conv.nd], tcfg)
+    return summed_like(dx, x), summed_like(dw, w), summed_like(db, b)
 
 
 _conv_transpose_manual = jax.custom_vjp(conv_transpose_forward, nondiff_argnums=(3,))

@@ -33,6 +33,7 @@ from jax import lax
 
 from jaxconv import _checks
 from jaxconv.ops._twins import autodiff_with_feedback, twins, with_feedback
+from jaxconv.ops._varying import laid_out_like, summed_like
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,17 +90,19 @@ def dot_dx(dy: jax.Array, w: jax.Array, x_ndim: int, cfg: DotConfig) -> jax.Arra
 
 
 def dot_dw(x: jax.Array, dy: jax.Array, w_ndim: int, cfg: DotConfig) -> jax.Array:
-    """dw = xᵀ · dy: x's free axes contracted with dy's i-axes, batch axes kept.
+    """dw = xᵀ · dy, computed as (dyᵀ · x)ᵀ: dy's i-axes contracted with x's free axes, batch
+    axes kept.
 
-    The product comes out as (b..., k..., j...), the k axes in x's order; it is transposed back
-    into w's axis order.
+    The product comes out as (b..., j..., k...), the k axes in x's order; it is transposed back
+    into w's axis order. Taking dy as the left operand is JAX's own order for this product (its
+    transpose rule of ``dot_general``), so the float rounding of dw is autodiff's too.
     """
     (xc, wc), (xb, wb) = cfg.contracting, cfg.batch
     x_free = cfg.free(0, x.ndim)
     nb = len(xb)
-    dims = ((x_free, tuple(range(nb, nb + len(x_free)))), (xb, tuple(range(nb))))
-    dw = lax.dot_general(x, dy, dims, precision=cfg.precision)
-    order = (*wb, *(wc[xc.index(a)] for a in sorted(xc)), *cfg.free(1, w_ndim))
+    dims = ((tuple(range(nb, nb + len(x_free))), x_free), (tuple(range(nb)), xb))
+    dw = lax.dot_general(dy, x, dims, precision=cfg.precision)
+    order = (*wb, *cfg.free(1, w_ndim), *(wc[xc.index(a)] for a in sorted(xc)))
     return jnp.transpose(dw, np.argsort(order))
 
 
@@ -109,7 +112,8 @@ def _dot_general_fwd(x, w, cfg):
 
 def _dot_general_bwd(cfg, residuals, dy):
     x, w = residuals
-    return dot_dx(dy, w, x.ndim, cfg), dot_dw(x, dy, w.ndim, cfg)
+    return (summed_like(dot_dx(dy, w, x.ndim, cfg), x),
+            summed_like(laid_out_like(w, dot_dw, x, dy, w.ndim, cfg), w))
 
 
 _dot_manual = jax.custom_vjp(dot_forward, nondiff_argnums=(2,))
@@ -141,7 +145,8 @@ def _dense_bwd(residuals, dy):
     x, w, b = residuals  # b only for its structure (None or (n_out,))
     cfg = dense_config(x.ndim)
     db = None if b is None else dense_db(dy)
-    return dot_dx(dy, w, x.ndim, cfg), dot_dw(x, dy, w.ndim, cfg), db
+    return (summed_like(dot_dx(dy, w, x.ndim, cfg), x),
+            summed_like(laid_out_like(w, dot_dw, x, dy, w.ndim, cfg), w), summed_like(db, b))
 
 
 _dense_manual = jax.custom_vjp(dense_forward)

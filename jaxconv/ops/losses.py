@@ -11,7 +11,10 @@ With integer labels t (...) the labels are the one-hot rows, so
 
     Lₘ = logsumexp(zₘ) − zₘ,tₘ        dzₘ = dLₘ · (softmax(zₘ) − onehot(tₘ))
 
-and the labels get no gradient. The residual is the (log-)softmax itself.
+and the labels get no gradient. The residual is the softmax itself: log softmax for probability
+labels; for integer labels its parts e = exp(z − max z) and s = Σ e (softmax = e / s), from which
+the rule computes (dL / s) · e and takes dL off at the label by a scatter-add, the order of JAX's
+own derivative, so that in float64 the two agree bit for bit.
 
 Squared error, elementwise: L = (p − q)²,  dp = dL · 2(p − q),  dq = −dp.
 """
@@ -71,23 +74,54 @@ def _softmax_cross_entropy_front(core, logits, labels):
 # --- softmax cross-entropy, integer labels ---------------------------------------------------
 
 
+def _shifted_exp(logits):
+    """The parts of softmax that forward and rule share: e = exp(z − m) and s = Σ_c e, with
+    m = max_c z held constant (``stop_gradient``; 0 where it is not finite), so that
+    softmax(z) = e / s and logsumexp(z) = log s + m, as ``jax.nn.logsumexp`` computes them."""
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0))
+    e = jnp.exp(logits - m)
+    return e, jnp.sum(e, axis=-1), m[..., 0]
+
+
 def softmax_cross_entropy_with_integer_labels_forward(logits, labels):
-    """Lₘ = logsumexp(logits[m]) − logits[m, labels[m]], one per example."""
-    logz = jax.nn.logsumexp(logits, axis=-1)
+    """Lₘ = logsumexp(logits[m]) − logits[m, labels[m]] = log sₘ + mₘ − logits[m, labels[m]],
+    one per example."""
+    _, s, m = _shifted_exp(logits)
     picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-    return logz - picked
+    return jnp.log(s) + m - picked
 
 
 def _sce_int_fwd(logits, labels):
-    y = softmax_cross_entropy_with_integer_labels_forward(logits, labels)
-    return y, (jax.nn.softmax(logits, axis=-1), labels)
+    e, s, m = _shifted_exp(logits)
+    picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    return jnp.log(s) + m - picked, (e, s, labels)
 
 
 def _sce_int_bwd(residuals, dl):
-    """dlogits = dL · (softmax − onehot(labels)); integer labels get no gradient (float0)."""
-    p, labels = residuals
-    onehot = jax.nn.one_hot(labels, p.shape[-1], dtype=p.dtype)
-    return dl[..., None] * (p - onehot), np.zeros(labels.shape, dtype=jax.dtypes.float0)
+    """dlogits = dL · (softmax − onehot(labels)) = (dL / s) · e, with dL taken off at each label;
+    integer labels get no gradient (float0).
+
+    The softmax is kept as its parts e and s, and the rule takes the same steps as JAX's
+    derivative of the forward's log s and of its gather: the product (dL / s) · e, then a
+    scatter-add of −dL at the labels. A scatter stays out of the product's loop, so XLA:CPU
+    cannot contract the two into one fused multiply-add (as it may do for
+    ``(dL / s) · e − dL · onehot``), and the rounding is autodiff's too.
+    """
+    e, s, labels = residuals
+    dlogits = _add_at_labels((dl / s)[..., None] * e, labels, -dl)
+    return dlogits, np.zeros(labels.shape, dtype=jax.dtypes.float0)
+
+
+def _add_at_labels(a, labels, values):
+    """a[m, labels[m]] += values[m] for every example m: one scatter-add along the class axis,
+    the leading axes paired as batch axes (the transpose of the forward's gather)."""
+    nb = labels.ndim
+    dims = jax.lax.ScatterDimensionNumbers(
+        update_window_dims=(), inserted_window_dims=(nb,), scatter_dims_to_operand_dims=(nb,),
+        operand_batching_dims=tuple(range(nb)), scatter_indices_batching_dims=tuple(range(nb)))
+    return jax.lax.scatter_add(a, labels[..., None], values, dims,
+                               mode=jax.lax.GatherScatterMode.FILL_OR_DROP)
 
 
 _sce_int_manual = jax.custom_vjp(softmax_cross_entropy_with_integer_labels_forward)

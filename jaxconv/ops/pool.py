@@ -37,6 +37,7 @@ from jax import lax
 from jaxconv import _checks, _geometry
 from jaxconv._geometry import ConvConfig, PoolConfig
 from jaxconv.ops._twins import twins
+from jaxconv.ops._varying import laid_out_like
 
 
 def _full(spatial):
@@ -154,7 +155,8 @@ def _max_pool_fwd(x, cfg):
 
 
 def _max_pool_bwd(cfg, first, dy):
-    return (max_pool_dx(first, dy, cfg),)
+    # dx has the rank and the batch layout of k* (first): laid out like it on an explicit mesh
+    return (laid_out_like(first, max_pool_dx, first, dy, cfg),)
 
 
 def _avg_pool_fwd(x, cfg):

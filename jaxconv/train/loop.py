@@ -101,7 +101,8 @@ def fit(config: TrainConfig, dataset: data_lib.Dataset, *, callback: Callback | 
       A :class:`FitResult`. ``summary`` holds ``test_accuracy``, ``test_loss``, ``final_loss``
       (the mean training loss of the last epoch's steps), ``train_accuracy``, ``train_seconds``
       (the epochs' training time, compilation excluded), ``compile_seconds``, ``steps``,
-      ``epochs``, ``devices``, ``processes``, the fields of :data:`RUN_FIELDS` but ``compare``
+      ``epochs``, ``devices``, ``processes``, ``conv_policy`` (the convolution formulation
+      policy in force, :func:`jaxconv.get_policy`), the fields of :data:`RUN_FIELDS` but ``compare``
       (``dtype`` among them), and with ``compare=True`` a ``compare`` object.
 
     Raises:
@@ -327,6 +328,7 @@ def _summary(run: _Run, compile_seconds: float) -> dict:
         "epochs": last["epoch"],
         "devices": int(run.mesh.devices.size),
         "processes": jax.process_count(),
+        "conv_policy": _choice.get_policy(),
         **{k: getattr(config, k) for k in RUN_FIELDS if k != "compare"},
     }
     if config.compare:
