@@ -261,6 +261,23 @@ def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
         assert C.plan(*problem, jnp.float32) == expected, problem
 
 
+def test_strided_depthwise_with_few_channels_keeps_xlas_dw():
+    """Depthwise, strided, at most STRIDED_DEPTHWISE_XLA_DW_MAX_C channels: XLA's dW, the
+    forward and dX shifted; one channel more, unstrided, or grouped but not depthwise: shifted."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the heuristic is for CPU")
+
+    def depthwise(c, stride, c_in_g=1):
+        cfg = ConvConfig((stride,) * 2, ((1, 1),) * 2, (1, 1), c // c_in_g)
+        return (2, 16, 16, c), (3, 3, c_in_g, c), cfg
+
+    few = C.STRIDED_DEPTHWISE_XLA_DW_MAX_C
+    assert C.plan(*depthwise(few, 2), jnp.float32) == ("shifted", "shifted", "xla")
+    assert C.plan(*depthwise(few + 1, 2), jnp.float32) == ("shifted",) * 3
+    assert C.plan(*depthwise(few, 1), jnp.float32) == ("shifted",) * 3
+    assert C.plan(*depthwise(few, 2, c_in_g=2), jnp.float32) == ("shifted",) * 3
+
+
 def test_strided_1d_gets_col2im_for_few_channels_and_im2col_for_a_small_buffer():
     """The strided 1-D rules at their thresholds: col2im dx up to STRIDED_1D_COL2IM_MAX_C_IN
     input channels, im2col dw up to STRIDED_1D_IM2COL_MAX_BYTES of patches, XLA beyond."""

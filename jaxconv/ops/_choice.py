@@ -276,6 +276,15 @@ STRIDED_1D_COL2IM_MAX_C_IN = 31
 STRIDED_1D_IM2COL_MAX_BYTES = 2 * 2**20
 
 
+# Strided depthwise layers with few channels: XLA's own dW beat the shifted products' (Σ over
+# the batch and space of |K| strided views times dy) on the tune set, forced plans against
+# autodiff under load 6–7: dw3.s2.b32.c16 (16 channels, x 26 MB) 1.93× and 1.69× with XLA's dW
+# against 1.03× and 0.77× all shifted; depthwise.s2.b16 (32 channels, 6 MB) a tie (2.15× against
+# 2.0×); with many channels XLA's dW lost (dw3.s2.b8.c192: 0.44× against 1.96×). Up to this many
+# channels a strided depthwise layer keeps XLA's dW (forward and dX stay shifted).
+STRIDED_DEPTHWISE_XLA_DW_MAX_C = 32
+
+
 def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     """The choice of policy ``"auto"`` on CPU, without measuring: XLA's convolution except where
     the tuning set showed a large, repeatable win.
@@ -285,7 +294,9 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
 
     - groups (depthwise or grouped): ``shifted`` for all three roles. XLA:CPU's grouped
       convolution runs far below the matmul rate (the README's depthwise layer: 5× slower than
-      the shifted products), and the grouped products become batched or elementwise ones;
+      the shifted products), and the grouped products become batched or elementwise ones; but a
+      strided depthwise layer with at most ``STRIDED_DEPTHWISE_XLA_DW_MAX_C`` channels keeps
+      XLA's dW (the only role where XLA's grouped convolution won: 1.9× on 16 channels);
     - few input channels on short rows, 2-D or 3-D (:func:`_banded_suits`: LeNet's layers):
       dx and dw ``banded`` (2–9× over XLA's); the forward ``shifted`` for one input channel,
       ``banded`` in 3-D, else ``xla``;
@@ -311,6 +322,10 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     c_in_g, nd = w_shape[-2], len(w_shape) - 2
     strided = any(s > 1 for s in cfg.stride)
     if cfg.groups > 1:
+        depthwise = c_in_g == 1 and x_shape[-1] == cfg.groups
+        if (role == "dw" and depthwise and strided
+                and x_shape[-1] <= STRIDED_DEPTHWISE_XLA_DW_MAX_C):
+            return "xla"
         return "shifted"
     if _banded_suits(x_shape, w_shape, cfg, names):
         if role != "forward":
