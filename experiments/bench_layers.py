@@ -1,13 +1,16 @@
 """Layer benchmark: manual rules vs autodiff vs plain JAX (vs PyTorch), tune and held-out sets.
 
 Every layer is timed forward and forward+backward (``jit`` of ``vjp``), the variants interleaved
-in one run (see :mod:`jaxconv.bench`). Two sets (``jaxconv.bench.SETS``):
+in one run (see :mod:`jaxconv.bench`). Sets (``jaxconv.bench.SETS``):
 
 - ``tune``: the README's suite (``LAYERS``) and extra tuning shapes (``TUNE_EXTRA``): the only
   shapes the ``"auto"`` heuristic (``jaxconv.ops._choice.heuristic``) was fitted to;
 - ``heldout``: layers of other architectures (``HELDOUT``: VGG, U-Net, CIFAR, MobileNet, speech,
   WaveNet, 3-D, projections, grouped, dilated; batch 1 to 64) that no rule or threshold was
-  fitted to. Its figure is the one to trust.
+  fitted to. Its figure is the one to trust;
+- ``heldout2``: a second held-out set (``HELDOUT2``: ECG 1-D, EfficientNet/MobileNetV2 strided
+  depthwise, ConvNeXt 7×7 depthwise, 3-D video, ResNeXt-50 strided groups, ShuffleNet, DeepLab,
+  keyword spotting, SRCNN; batch 1 to 64), committed before it was first timed.
 
 The headline statistic is the median over interleaved rounds of autodiff's time / manual's in
 the same round (``vs_autodiff_rounds``); target: at least 0.95 on every layer (the default never

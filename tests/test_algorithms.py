@@ -261,6 +261,49 @@ def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
         assert C.plan(*problem, jnp.float32) == expected, problem
 
 
+def test_strided_depthwise_with_few_channels_keeps_xlas_dw():
+    """Depthwise, strided, at most STRIDED_DEPTHWISE_XLA_DW_MAX_C channels: XLA's dW, the
+    forward and dX shifted; one channel more, unstrided, or grouped but not depthwise: shifted."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the heuristic is for CPU")
+
+    def depthwise(c, stride, c_in_g=1):
+        cfg = ConvConfig((stride,) * 2, ((1, 1),) * 2, (1, 1), c // c_in_g)
+        return (2, 16, 16, c), (3, 3, c_in_g, c), cfg
+
+    few = C.STRIDED_DEPTHWISE_XLA_DW_MAX_C
+    assert C.plan(*depthwise(few, 2), jnp.float32) == ("shifted", "shifted", "xla")
+    assert C.plan(*depthwise(few + 1, 2), jnp.float32) == ("shifted",) * 3
+    assert C.plan(*depthwise(few, 1), jnp.float32) == ("shifted",) * 3
+    assert C.plan(*depthwise(few, 2, c_in_g=2), jnp.float32) == ("shifted",) * 3
+
+
+def test_strided_1d_gets_col2im_for_few_channels_and_im2col_for_a_small_buffer():
+    """The strided 1-D rules at their thresholds: col2im dx up to STRIDED_1D_COL2IM_MAX_C_IN
+    input channels, im2col dw up to STRIDED_1D_IM2COL_MAX_BYTES of patches, XLA beyond."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the heuristic is for CPU")
+    s2 = ConvConfig((2,), ((0, 0),), (1,), 1)
+    few = C.STRIDED_1D_COL2IM_MAX_C_IN
+    # A 1-tap kernel with stride 2 on 2·rows inputs: the patch buffer is N·rows·C_in floats.
+    rows = C.STRIDED_1D_IM2COL_MAX_BYTES // (4 * few)
+    small = ((1, 2 * rows, few), (1, few, 8), s2)
+    more_rows = ((1, 2 * rows + 2, few), (1, few, 8), s2)
+    assert (C._cols_bytes(*small, jnp.float32) <= C.STRIDED_1D_IM2COL_MAX_BYTES
+            < C._cols_bytes(*more_rows, jnp.float32))
+    assert C.plan(*small, jnp.float32) == ("xla", "col2im", "im2col")
+    assert C.plan(*more_rows, jnp.float32) == ("xla", "col2im", "xla")
+    wide = ((1, 32, few + 1), (3, few + 1, 8), s2)
+    assert C.plan(*wide, jnp.float32) == ("xla", "xla", "im2col")
+    # The tune set's shapes behind the thresholds.
+    ecg_like = ((16, 1024, 64), (9, 64, 64), ConvConfig((2,), ((4, 4),), (1,), 1))
+    assert C.plan(*ecg_like, jnp.float32) == ("xla", "xla", "xla")
+    signal = ((32, 4000, 1), (11, 1, 16), ConvConfig((2,), ((5, 5),), (1,), 1))
+    assert C.plan(*signal, jnp.float32) == ("xla", "col2im", "xla")
+    unstrided = ((1, 32, 1), (3, 1, 8), ConvConfig((1,), ((0, 0),), (1,), 1))
+    assert C.plan(*unstrided, jnp.float32) == ("xla", "xla", "xla")
+
+
 def test_im2col_is_ineligible_above_the_memory_cap():
     cfg = ConvConfig((1, 1), ((1, 1), (1, 1)), (1, 1), 1)
     big = ((64, 128, 128, 64), (3, 3, 64, 64), cfg, jnp.float32)  # 2.4 GB of patches

