@@ -61,7 +61,8 @@ def loss_and_accuracy(params, x, y, *, apply: Callable, grads: str, feedback=Non
       params: the model's parameter pytree.
       x: ``(B, *input_shape)`` inputs.
       y: ``(B,)`` integer labels.
-      apply: the model's ``apply(params, x, *, grads) -> logits``.
+      apply: the model's ``apply(params, x, *, grads, feedback) -> logits`` (``feedback`` is
+        passed only when it is not ``None``).
       grads: ``"manual"`` or ``"autodiff"``.
       feedback: the models' feedback rule (:mod:`jaxconv.feedback`; ``None``: backprop). It
         changes only the gradient, never the loss.
@@ -69,7 +70,10 @@ def loss_and_accuracy(params, x, y, *, apply: Callable, grads: str, feedback=Non
     Returns:
       ``(loss, accuracy)``, scalars of the logits' dtype.
     """
-    logits = apply(params, x, grads=grads, feedback=feedback)
+    if feedback is None:  # an apply that knows no feedback still serves backprop
+        logits = apply(params, x, grads=grads)
+    else:
+        logits = apply(params, x, grads=grads, feedback=feedback)
     loss = jnp.mean(ops_for(grads).softmax_cross_entropy_with_integer_labels(logits, y))
     accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(logits.dtype))
     return loss, accuracy
