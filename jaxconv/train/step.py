@@ -182,7 +182,13 @@ def gradient_alignment(params, x, y, *, apply: Callable, grads: str = "manual", 
 
     Returns:
       ``(total, per_layer)``: a scalar, and a dict from each layer's name to its scalar. A layer
-      whose gradient is zero (the first step of a layer started at zero) gives NaN.
+      whose gradient is zero (e.g. one whose only path to the loss goes through a layer still at
+      zero) gives NaN.
+
+    The total weighs each layer by its gradient's size, and the last layer's update is exact
+    under every rule (no feedback kernel lies between it and the loss): where it dominates, the
+    total looks well aligned while the earlier layers may lie near or beyond 90°. Read the
+    per-layer angles too.
     """
     rule = _grad(params, x, y, apply=apply, grads=grads, feedback=feedback)
     true = _grad(params, x, y, apply=apply, grads=grads)
