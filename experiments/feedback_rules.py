@@ -122,7 +122,18 @@ def _cell(stats: dict | None) -> str:
     return f"{100 * stats['test_accuracy_mean']:.2f}% ± {100 * stats['test_accuracy_std']:.2f}"
 
 
+def _discussion(path: Path) -> str:
+    """The hand-written discussion of an earlier ``path`` (between ``## Discussion`` and
+    ``## Runs``), kept across reruns; a placeholder the first time."""
+    if path.exists():
+        text = path.read_text()
+        if "## Discussion" in text and "## Runs" in text:
+            return text.split("## Discussion", 1)[1].split("## Runs", 1)[0].strip()
+    return "(to be written from the numbers above)"
+
+
 def write_markdown(path: Path, rows: list[dict], runs: list[dict], meta: dict) -> None:
+    discussion = _discussion(path)
     lines = [
         "# Feedback rules in training: backprop, feedback alignment, sign symmetry",
         "",
@@ -157,7 +168,7 @@ def write_markdown(path: Path, rows: list[dict], runs: list[dict], meta: dict) -
             f"| {_cell(r.get('backprop'))} | {_cell(r.get('random'))} | {_cell(r.get('sign'))} "
             f"| {angle['random']} | {angle['sign']} |")
     lines += ["", "![test accuracy and angle over training](feedback_rules.png)", "",
-              "PROSE", "", "## Runs", "",
+              "## Discussion", "", discussion, "", "## Runs", "",
               "| model | dataset | rule | seed | test accuracy | angle all / hidden | train s | "
               "compile s | load (1 min) before → after | command |",
               "|---|---|---|---|---|---|---|---|---|---|"]
