@@ -1,5 +1,6 @@
 r"""Models: pure ``init(key, input_shape, num_classes) -> params`` and
-``apply(params, x, *, grads="manual") -> logits`` pairs built only from jaxconv's ops.
+``apply(params, x, *, grads="manual", feedback=None) -> logits`` pairs built only from jaxconv's
+ops.
 
     >>> model = jaxconv.models.get("cnn1d")
     >>> params = model.init(jax.random.key(0), (40, 1), 10)    # MNIST-1D: (L, C) = (40, 1)
@@ -8,7 +9,14 @@ r"""Models: pure ``init(key, input_shape, num_classes) -> params`` and
 
 ``grads`` is a static choice between the ops of ``jaxconv`` (the lecture's hand-derived rules,
 ``"manual"``) and of ``jaxconv.autodiff`` (the same forwards differentiated by JAX); parameters
-and forward values are identical in both modes, only the backward pass differs. Parameters are
+and forward values are identical in both modes, only the backward pass differs.
+
+``feedback`` is the rule that sends the error back through each layer (:mod:`jaxconv.feedback`):
+``None`` for backprop, or a rule for every layer such as ``jaxconv.feedback.sign`` or
+``jaxconv.feedback.random(key)``. The i-th layer with a weight (in the order the forward runs
+them, the order of ``params``) gets ``jaxconv.feedback.per_layer(feedback, i)``, so a random
+feedback gives each layer its own fixed matrix. Only dx changes; the forward and every dw, db
+are backprop's. Parameters are
 plain pytrees: dicts of float32 arrays, one ``{"w", "b"}`` dict per layer.
 
 ``input_shape`` is one example's channels-last shape: ``(L, C)`` for a sequence (MNIST-1D:
@@ -38,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv import _checks
+from jaxconv.feedback import per_layer
 
 Params = dict[str, Any]
 
@@ -51,8 +60,8 @@ class Model(NamedTuple):
     Attributes:
       name: one of :data:`MODELS`.
       init: ``init(key, input_shape, num_classes) -> params``.
-      apply: ``apply(params, x, *, grads="manual") -> logits`` with x ``(N, *input_shape)`` and
-        logits ``(N, num_classes)``.
+      apply: ``apply(params, x, *, grads="manual", feedback=None) -> logits`` with x
+        ``(N, *input_shape)`` and logits ``(N, num_classes)``.
     """
 
     name: str
@@ -166,11 +175,12 @@ def perceptron() -> Model:
         shape = _input_shape(input_shape, range(1, 5), "perceptron", "of rank 1 to 4")
         return {"dense": _layer(key, (math.prod(shape), _num_classes(num_classes)), _lecun)}
 
-    def apply(params, x, *, grads="manual"):
+    def apply(params, x, *, grads="manual", feedback=None):
         ops = ops_for(grads)
         w, b = params["dense"]["w"], params["dense"]["b"]
         x = _checks.floating("x", x)
-        return ops.dense(_features(x, w.shape[0], "perceptron"), w, b)
+        return ops.dense(_features(x, w.shape[0], "perceptron"), w, b,
+                         feedback=per_layer(feedback, 0))
 
     return Model("perceptron", init, apply)
 
@@ -199,13 +209,13 @@ def mlp(hidden: Sequence[int] = (100, 100)) -> Model:
         params["out"] = _layer(keys[-1], (widths[-1], _num_classes(num_classes)), _lecun)
         return params
 
-    def apply(params, x, *, grads="manual"):
+    def apply(params, x, *, grads="manual", feedback=None):
         ops = ops_for(grads)
         x = _checks.floating("x", x)
         h = _features(x, params[f"dense{0}" if hidden else "out"]["w"].shape[0], "mlp")
         for i in range(len(hidden)):
-            h = ops.relu(ops.dense(h, **params[f"dense{i}"]))
-        return ops.dense(h, **params["out"])
+            h = ops.relu(ops.dense(h, **params[f"dense{i}"], feedback=per_layer(feedback, i)))
+        return ops.dense(h, **params["out"], feedback=per_layer(feedback, len(hidden)))
 
     return Model("mlp", init, apply)
 
@@ -259,13 +269,15 @@ def cnn1d(channels: int = 25, kernels: Sequence[int] = (5, 3, 3), stride: int = 
         params["out"] = _layer(keys[-1], (length * channels, _num_classes(num_classes)), _lecun)
         return params
 
-    def apply(params, x, *, grads="manual"):
+    def apply(params, x, *, grads="manual", feedback=None):
         ops = ops_for(grads)
         h = _sequence(x, "cnn1d")
         pads, _ = _cnn1d_plan(h.shape[1], kernels, stride)
         for i, pad in enumerate(pads):
-            h = ops.relu(ops.conv1d(h, **params[f"conv{i}"], stride=stride, padding=pad))
-        return ops.dense(_features(h, params["out"]["w"].shape[0], "cnn1d"), **params["out"])
+            h = ops.relu(ops.conv1d(h, **params[f"conv{i}"], stride=stride, padding=pad,
+                                    feedback=per_layer(feedback, i)))
+        return ops.dense(_features(h, params["out"]["w"].shape[0], "cnn1d"), **params["out"],
+                         feedback=per_layer(feedback, len(pads)))
 
     return Model("cnn1d", init, apply)
 
@@ -308,17 +320,20 @@ def tcn1d(channels: int = 32, kernel: int = 3, dilations: Sequence[int] = (1, 2,
         params["out"] = _layer(keys[-1], (channels, _num_classes(num_classes)), _lecun)
         return params
 
-    def apply(params, x, *, grads="manual"):
+    def apply(params, x, *, grads="manual", feedback=None):
         ops = ops_for(grads)
         h = _sequence(x, "tcn1d")
-        h = ops.relu(ops.conv1d(h, **params["stem"], padding="SAME"))
-        for i, d in enumerate(dilations):
+        h = ops.relu(ops.conv1d(h, **params["stem"], padding="SAME",
+                                feedback=per_layer(feedback, 0)))
+        for i, d in enumerate(dilations):  # block i's convolutions are layers 2i + 1, 2i + 2
             r = ops.relu(ops.conv1d(ops.relu(h), **params[f"block{i}a"], padding="SAME",
-                                    dilation=d))
-            h = h + ops.conv1d(r, **params[f"block{i}b"], padding="SAME", dilation=d)
+                                    dilation=d, feedback=per_layer(feedback, 2 * i + 1)))
+            h = h + ops.conv1d(r, **params[f"block{i}b"], padding="SAME", dilation=d,
+                               feedback=per_layer(feedback, 2 * i + 2))
         h = ops.relu(h)
         pooled = (ops.max_pool if pool == "max" else ops.avg_pool)(h, h.shape[1])  # (N, 1, ch)
-        return ops.dense(pooled[:, 0, :], **params["out"])
+        return ops.dense(pooled[:, 0, :], **params["out"],
+                         feedback=per_layer(feedback, 2 * len(dilations) + 1))
 
     return Model("tcn1d", init, apply)
 
@@ -397,20 +412,21 @@ def lenet5(channels: Sequence[int] = (16, 32), hidden: Sequence[int] = (120, 84)
         params["out"] = _layer(keys[-1], (widths[-1], _num_classes(num_classes)), _lecun)
         return params
 
-    def apply(params, x, *, grads="manual"):
+    def apply(params, x, *, grads="manual", feedback=None):
         ops = ops_for(grads)
         act = getattr(ops, activation)
         pooling = ops.max_pool if pool == "max" else ops.avg_pool
         x = _batch(x, params["conv0"]["w"].ndim - 1, "lenet5")
         window1, pads2, window2, _ = _lenet5_plan(tuple(x.shape[1:-1]))
-        h = act(ops.conv(x, **params["conv0"], padding="SAME"))
+        h = act(ops.conv(x, **params["conv0"], padding="SAME", feedback=per_layer(feedback, 0)))
         if max(window1) > 1:
             h = pooling(h, window1)
-        h = pooling(act(ops.conv(h, **params["conv1"], padding=pads2)), window2)
+        h = pooling(act(ops.conv(h, **params["conv1"], padding=pads2,
+                                 feedback=per_layer(feedback, 1))), window2)
         h = _features(h, params["dense0" if hidden else "out"]["w"].shape[0], "lenet5")
         for i in range(len(hidden)):
-            h = act(ops.dense(h, **params[f"dense{i}"]))
-        return ops.dense(h, **params["out"])
+            h = act(ops.dense(h, **params[f"dense{i}"], feedback=per_layer(feedback, 2 + i)))
+        return ops.dense(h, **params["out"], feedback=per_layer(feedback, 2 + len(hidden)))
 
     return Model("lenet5", init, apply)
 

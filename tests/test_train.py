@@ -17,10 +17,10 @@ SUMMARY_KEYS = {
     "test_accuracy", "test_loss", "final_loss", "train_accuracy", "train_seconds",
     "compile_seconds", "steps", "epochs", "grads", "model", "dataset", "seed", "optimizer", "lr",
     "batch_size", "schedule", "weight_decay", "momentum", "devices", "processes", "dtype",
-    "conv_policy",
+    "conv_policy", "feedback", "alignment_deg",
 }
 RECORD_KEYS = {"epoch", "step", "grads", "train_loss", "train_accuracy", "test_loss",
-               "test_accuracy", "seconds"}
+               "test_accuracy", "seconds", "alignment_deg", "alignment_deg_layers"}
 
 
 def _subset(ds: data.Dataset, n_train: int, n_test: int) -> data.Dataset:

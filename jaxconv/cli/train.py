@@ -35,6 +35,12 @@ def register(subparsers) -> None:
                    help="the model (default: cnn1d)")
     p.add_argument("--grads", default="manual", metavar="{" + ",".join(train.GRADS) + "}",
                    help="gradients from the lecture's rules (manual) or from jax.grad (autodiff)")
+    p.add_argument("--feedback", default="backprop",
+                   metavar="{" + ",".join(train.FEEDBACKS) + "}",
+                   help="what the error is sent back through at every layer: wᵀ (backprop), a "
+                   "fixed random matrix per layer drawn from the seed, He-scaled (random: "
+                   "feedback alignment) or sign(w)·mean|w| (sign: sign symmetry); only dx "
+                   "changes (default: backprop)")
     p.add_argument("--dtype", default="float32", metavar="{" + ",".join(train.DTYPES) + "}",
                    help="dtype of data, parameters, optimizer state and every rule; float64 "
                    "turns on x64 (default: float32)")
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, schedule=args.schedule,
         weight_decay=args.weight_decay, momentum=args.momentum, seed=args.seed,
         data_dir=args.data_dir, out=args.out, resume=args.resume, compare=args.compare,
-        devices=args.devices,
+        devices=args.devices, feedback=args.feedback,
     ).resolved()
     dataset = data.load(config.dataset, data_dir=config.data_dir)
     with _Reporter(quiet=quiet) as reporter:
@@ -106,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _result_line(s: dict) -> str:
-    return (f"{s['model']} on {s['dataset']} ({s['grads']} gradients, {s['dtype']}, seed "
+    rule = "" if s["feedback"] == "backprop" else f", {s['feedback']} feedback"
+    return (f"{s['model']} on {s['dataset']} ({s['grads']} gradients{rule}, {s['dtype']}, seed "
             f"{s['seed']}): "
             f"test accuracy {100 * s['test_accuracy']:.2f}%, final loss {s['final_loss']:.4f}, "
             f"{s['steps']} steps in {s['train_seconds']:.1f} s (+{s['compile_seconds']:.1f} s "

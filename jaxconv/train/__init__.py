@@ -9,6 +9,9 @@ The pieces, each usable on its own:
   optimizer's update, with the lecture's rules (``grads="manual"``) or JAX's (``"autodiff"``).
 - :func:`grad_rel_diff`: both modes' gradients at the same parameters and batch, ‖g_a − g_b‖∞ /
   ‖g_a‖∞.
+- :func:`alignment_deg` and :func:`gradient_alignment`: the angle between a feedback rule's update
+  direction and the true gradient (the diagnostic of feedback alignment), measured by :func:`fit`
+  after every epoch.
 - :func:`make_epoch`: a whole epoch as one jit-compiled ``lax.scan`` of :func:`train_step` over the
   epoch's batches, so that Python overhead does not dominate small models.
 - :func:`evaluate`: mean loss and accuracy over a dataset split, in jit-compiled chunks.
@@ -47,6 +50,10 @@ The configuration must equal the checkpointed one. ``resume=True`` on a director
 checkpoint starts from scratch; ``resume=False`` on a directory that holds checkpoints is an error
 (nothing is overwritten by accident).
 
+Feedback (``feedback="random"`` or ``"sign"``, see :meth:`TrainConfig.feedback_rule`): every
+layer sends dx back through a feedback kernel in place of w (:mod:`jaxconv.feedback`); with
+``compare`` both variants use the same rule, so the comparison is manual vs JAX of that rule.
+
 Comparing (``compare=True``): the manual and the autodiff variants train side by side from the
 same initial parameters on the same batches. ``summary["compare"]`` holds ``max_loss_diff`` (the
 largest absolute difference of the per-epoch training losses), ``max_param_diff`` (of the final
@@ -59,11 +66,21 @@ top-level numbers describe ``config.grads``.
 """
 
 from jaxconv.models import GRADS
-from jaxconv.train.config import DTYPES, OPTIMIZERS, RUN_FIELDS, SCHEDULES, TrainConfig
-from jaxconv.train.loop import FitResult, fit
+from jaxconv.train.config import (
+    DTYPES,
+    FEEDBACKS,
+    OPTIMIZERS,
+    RANDOM_FEEDBACK_SALT,
+    RUN_FIELDS,
+    SCHEDULES,
+    TrainConfig,
+)
+from jaxconv.train.loop import ALIGNMENT_EXAMPLES, FitResult, fit
 from jaxconv.train.step import (
+    alignment_deg,
     evaluate,
     grad_rel_diff,
+    gradient_alignment,
     loss_and_accuracy,
     make_epoch,
     make_optimizer,
@@ -71,7 +88,8 @@ from jaxconv.train.step import (
 )
 
 __all__ = [
-    "DTYPES", "GRADS", "OPTIMIZERS", "RUN_FIELDS", "SCHEDULES", "FitResult", "TrainConfig",
-    "evaluate", "fit", "grad_rel_diff", "loss_and_accuracy", "make_epoch", "make_optimizer",
+    "ALIGNMENT_EXAMPLES", "DTYPES", "FEEDBACKS", "GRADS", "OPTIMIZERS", "RANDOM_FEEDBACK_SALT",
+    "RUN_FIELDS", "SCHEDULES", "FitResult", "TrainConfig", "alignment_deg", "evaluate", "fit",
+    "grad_rel_diff", "gradient_alignment", "loss_and_accuracy", "make_epoch", "make_optimizer",
     "train_step",
 ]

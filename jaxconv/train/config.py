@@ -11,11 +11,16 @@ from jaxconv.models import GRADS, MODELS
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "float64")
+FEEDBACKS = ("backprop", "random", "sign")
+
+#: Folded into ``jax.random.key(seed)`` to make the key of ``feedback="random"`` (so the
+#: feedback matrices differ from the initial weights drawn from the same seed).
+RANDOM_FEEDBACK_SALT = 0xFB
 
 # Fields that define a run: a resumed run must agree with its checkpoint on every one.
 RUN_FIELDS = (
     "dataset", "model", "grads", "dtype", "optimizer", "lr", "epochs", "batch_size", "schedule",
-    "weight_decay", "momentum", "seed", "compare",
+    "weight_decay", "momentum", "seed", "compare", "feedback",
 )
 
 
@@ -45,6 +50,9 @@ class TrainConfig:
       resume: continue from the newest checkpoint in ``out``.
       compare: train the manual and autodiff variants side by side, and measure both gradients
         at the same parameters and batch at every step.
+      feedback: the rule that sends the error back through each layer (:mod:`jaxconv.feedback`,
+        see :meth:`feedback_rule`): ``"backprop"`` (wᵀ, the lecture's rule), ``"random"``
+        (feedback alignment: a fixed random matrix per layer) or ``"sign"`` (sign symmetry).
       devices: how many devices the batch is split over (data parallelism along the mesh axis
         ``"data"``, see :mod:`jaxconv.distributed`); ``None`` for all of them. The global
         ``batch_size`` must be a multiple of it.
@@ -67,6 +75,7 @@ class TrainConfig:
     resume: bool = False
     compare: bool = False
     devices: int | None = None
+    feedback: str = "backprop"
 
     def resolved(self) -> TrainConfig:
         """This configuration with every ``None`` hyperparameter filled in, validated."""
@@ -83,6 +92,7 @@ class TrainConfig:
         _checks.choice("model", self.model, MODELS)
         _checks.choice("grads", self.grads, GRADS)
         _checks.choice("dtype", self.dtype, DTYPES)
+        _checks.choice("feedback", self.feedback, FEEDBACKS)
         _checks.choice("optimizer", self.optimizer, OPTIMIZERS)
         _checks.choice("schedule", self.schedule, SCHEDULES)
         _checks.positive_number("lr", self.lr)
@@ -96,6 +106,26 @@ class TrainConfig:
             _checks.positive_int("devices", self.devices)
         if self.resume and self.out is None:
             raise ValueError("resume needs out: the directory of the run to resume")
+
+    def feedback_rule(self):
+        """The models' ``feedback=`` argument for :attr:`feedback`: ``None`` (backprop),
+        ``jaxconv.feedback.sign``, or ``jaxconv.feedback.random(key, scale=2.0)`` with
+        ``key = fold_in(jax.random.key(seed), RANDOM_FEEDBACK_SALT)``: a function of the seed,
+        so a run (and its resume) always sees the same matrices, and He's scale (variance
+        2 / fan_in), the scale of the relu layers' weights. Each layer gets its own matrix
+        (``jaxconv.feedback.per_layer``, applied by the models)."""
+        import jax
+
+        from jaxconv import feedback
+
+        rule = _checks.choice("feedback", self.feedback, FEEDBACKS)
+        if rule == "backprop":
+            return None
+        if rule == "sign":
+            return feedback.sign
+        with jax.ensure_compile_time_eval():  # a concrete key, even when called under jit
+            key = jax.random.fold_in(jax.random.key(self.seed), RANDOM_FEEDBACK_SALT)
+        return feedback.random(key, scale=2.0)
 
     def run_fields(self) -> dict:
         """The fields that define the run (what a resumed run must agree on)."""

@@ -21,9 +21,13 @@ from jaxconv.models import GRADS
 from jaxconv.ops import _choice
 from jaxconv.train._cache import cached
 from jaxconv.train.config import RUN_FIELDS, TrainConfig
-from jaxconv.train.step import evaluate, make_epoch, make_optimizer
+from jaxconv.train.step import evaluate, gradient_alignment, make_epoch, make_optimizer
 
 Callback = Callable[[str, dict], None]
+
+#: The fixed batch the alignment is measured on after every epoch: the first this many training
+#: examples (all of them in a smaller training set).
+ALIGNMENT_EXAMPLES = 1000
 
 
 @dataclasses.dataclass
@@ -103,7 +107,16 @@ def fit(config: TrainConfig, dataset: data_lib.Dataset, *, callback: Callback | 
       (the epochs' training time, compilation excluded), ``compile_seconds``, ``steps``,
       ``epochs``, ``devices``, ``processes``, ``conv_policy`` (the convolution formulation
       policy in force, :func:`jaxconv.get_policy`), the fields of :data:`RUN_FIELDS` but ``compare``
-      (``dtype`` among them), and with ``compare=True`` a ``compare`` object.
+      (``dtype`` and ``feedback`` among them), ``alignment_deg`` (the last epoch's angle between
+      the feedback rule's update direction and the true gradient, see below), and with
+      ``compare=True`` a ``compare`` object.
+
+    After every epoch the run measures, on a fixed batch (the first
+    :data:`ALIGNMENT_EXAMPLES` training examples) at the epoch's final parameters,
+    :func:`jaxconv.train.gradient_alignment`: the angle between the gradient the feedback rule
+    gives and the true (backprop) gradient, over all the parameters (``alignment_deg``) and per
+    layer (``alignment_deg_layers``), in each record of ``metrics.jsonl``. Backprop's is 0° up
+    to rounding.
 
     Raises:
       ValueError: a bad configuration, a batch larger than the training set, a resume that
@@ -213,6 +226,7 @@ def _train(run: _Run, checkpoints, emit: Callback) -> FitResult:
         batches = _epoch_batches(run, epoch)
         per_variant = {g: _train_epoch(run, g, epochs[g], data, batches) for g in run.variants}
         record = _record(run, epoch + 1, per_variant)
+        record.update(_alignment(run))
         run.history.append(record)
         if checkpoints is not None and _primary():
             checkpoints.save(record["step"], distributed.to_host(run.state), run.meta(epoch + 1))
@@ -258,6 +272,21 @@ def _train_epoch(run: _Run, grads: str, epoch: Callable, data: tuple, batches) -
     if "grad_rel_diff" in per_step:
         numbers["max_grad_rel_diff"] = float(np.max(per_step["grad_rel_diff"]))
     return numbers
+
+
+def _alignment(run: _Run) -> dict:
+    """The angle between the rule's update and the true gradient at ``config.grads``' current
+    parameters, on the run's fixed batch: ``alignment_deg`` and ``alignment_deg_layers``."""
+    c = run.config
+    n = min(ALIGNMENT_EXAMPLES, run.dataset.num_train)
+    rule = c.feedback_rule()
+    measure = cached(("alignment", c.model, c.grads, rule), lambda: jax.jit(
+        lambda p, x, y: gradient_alignment(p, x, y, apply=_model(c.model).apply, grads=c.grads,
+                                           feedback=rule)))
+    total, layers = measure(distributed.to_host(run.state[c.grads]["params"]),
+                            run.dataset.x_train[:n].astype(c.dtype), run.dataset.y_train[:n])
+    return {"alignment_deg": float(total),
+            "alignment_deg_layers": {k: float(v) for k, v in layers.items()}}
 
 
 def _record(run: _Run, epoch: int, per_variant: dict[str, dict]) -> dict:
@@ -310,7 +339,8 @@ def _title(config: TrainConfig) -> str:
     grads = config.grads
     if config.compare:
         grads += " vs " + next(g for g in GRADS if g != config.grads)
-    return (f"{config.model} on {config.dataset} ({grads} gradients, {config.dtype}, "
+    rule = "" if config.feedback == "backprop" else f", {config.feedback} feedback"
+    return (f"{config.model} on {config.dataset} ({grads} gradients{rule}, {config.dtype}, "
             f"seed {config.seed})")
 
 
@@ -330,6 +360,7 @@ def _summary(run: _Run, compile_seconds: float) -> dict:
         "processes": jax.process_count(),
         "conv_policy": _choice.get_policy(),
         **{k: getattr(config, k) for k in RUN_FIELDS if k != "compare"},
+        "alignment_deg": last["alignment_deg"],
     }
     if config.compare:
         other = run.variants[1]
@@ -387,13 +418,15 @@ def _optimizer(config: TrainConfig, steps_per_epoch: int):
 
 def _epoch_key(run: _Run, grads: str, avals) -> tuple:
     """What a compiled epoch depends on: the model, the optimizer's hyperparameters and run
-    length, the gradient mode, comparing or not, the arguments' structure, shapes, dtypes and the
-    mesh's devices, x64, and the convolution formulation policy in force (``_choice.key()``).
+    length, the gradient mode, the feedback rule (a random one's key included), comparing or
+    not, the arguments' structure, shapes, dtypes and the mesh's devices, x64, and the
+    convolution formulation policy in force (``_choice.key()``).
     (Add here anything else that changes the compiled program.)"""
     c = run.config
     leaves, treedef = jax.tree.flatten(avals)
     return ("epoch", c.model, c.optimizer, c.lr, run.steps_per_epoch * c.epochs, c.schedule,
-            c.weight_decay, c.momentum, grads, c.compare and grads == c.grads, treedef,
+            c.weight_decay, c.momentum, grads, c.feedback_rule(), c.compare and grads == c.grads,
+            treedef,
             tuple((a.shape, str(a.dtype)) for a in leaves), bool(jax.config.jax_enable_x64),
             tuple(d.id for d in run.mesh.devices.flat), _choice.key())
 
@@ -410,7 +443,8 @@ def _compiled_epoch(run: _Run, grads: str, data: tuple):
         epoch = make_epoch(_model(run.config.model).apply, _optimizer(run.config,
                                                                       run.steps_per_epoch),
                            grads, batch_sharding=distributed.batch_sharded(run.mesh),
-                           compare=run.config.compare and grads == run.config.grads)
+                           compare=run.config.compare and grads == run.config.grads,
+                           feedback=run.config.feedback_rule())
         return epoch.lower(*avals).compile()
 
     return cached(_epoch_key(run, grads, avals), build)
