@@ -37,8 +37,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-import jaxconv
-import jaxconv.autodiff
 from jaxconv import bench
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -71,22 +69,7 @@ def compulsory_bytes(spec: bench.Layer) -> int:
 
 
 def layer_bandwidth(spec: bench.Layer, repeats: int, copy: float) -> dict:
-    x, w, b, dy = (jax.random.normal(k, s, jnp.float32) for k, s in zip(
-        jax.random.split(jax.random.key(0), 4), (spec.x, spec.w, spec.w[-1:], spec.out()),
-        strict=True))
-    kw = spec.kwargs()
-
-    def fwd_bwd(op):
-        def run(x, w, b, dy):
-            _, vjp = jax.vjp(lambda x, w, b: op(x, w, b, **kw), x, w, b)
-            return vjp(dy)
-        return run
-
-    runners = {
-        "manual": bench.compile_call(fwd_bwd(jaxconv.conv), x, w, b, dy),
-        "autodiff": bench.compile_call(fwd_bwd(jaxconv.autodiff.conv), x, w, b, dy),
-        "jax_xla": bench.compile_call(fwd_bwd(jaxconv.autodiff.conv), x, w, b, dy, policy="xla"),
-    }
+    runners, _ = bench.forward_backward_runners(spec)
     times = bench.interleaved(runners, repeats)
     n_bytes = compulsory_bytes(spec)
     row = {"layer": spec.name, "choice": "/".join(bench.chosen(spec).values()),

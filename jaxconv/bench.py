@@ -297,16 +297,15 @@ def _torch_layer(spec: Layer, x, w, b, dy):
     return forward, forward_backward
 
 
-def bench_layer(spec: Layer, repeats: int = 10, torch: bool = True) -> dict:
-    """Forward and forward+backward times (seconds, medians) of one layer for every variant."""
+def forward_backward_runners(spec: Layer) -> tuple[dict[str, Callable[[], Any]], tuple]:
+    """The layer's forward+backward (jit of vjp) as compiled calls: ``manual`` (jaxconv.conv
+    under the default policy), ``autodiff`` (its twin) and ``jax_xla`` (plain JAX: the twin
+    under policy ``xla``), and the inputs ``(x, w, b, dy)`` they run on."""
     import jaxconv
     import jaxconv.autodiff
 
     x, w, b, dy = _layer_inputs(spec, jax.random.key(0))
     kw = spec.kwargs()
-
-    def fwd(op):
-        return lambda x, w, b: op(x, w, b, **kw)
 
     def fwd_bwd(op):
         def run(x, w, b, dy):
@@ -314,14 +313,27 @@ def bench_layer(spec: Layer, repeats: int = 10, torch: bool = True) -> dict:
             return vjp(dy)
         return run
 
-    forward = {
-        "manual": compile_call(fwd(jaxconv.conv), x, w, b),
-        "jax_xla": compile_call(fwd(jaxconv.autodiff.conv), x, w, b, policy="xla"),
-    }
-    both = {
+    return {
         "manual": compile_call(fwd_bwd(jaxconv.conv), x, w, b, dy),
         "autodiff": compile_call(fwd_bwd(jaxconv.autodiff.conv), x, w, b, dy),
         "jax_xla": compile_call(fwd_bwd(jaxconv.autodiff.conv), x, w, b, dy, policy="xla"),
+    }, (x, w, b, dy)
+
+
+def bench_layer(spec: Layer, repeats: int = 10, torch: bool = True) -> dict:
+    """Forward and forward+backward times (seconds, medians) of one layer for every variant."""
+    import jaxconv
+    import jaxconv.autodiff
+
+    both, (x, w, b, dy) = forward_backward_runners(spec)
+    kw = spec.kwargs()
+
+    def fwd(op):
+        return lambda x, w, b: op(x, w, b, **kw)
+
+    forward = {
+        "manual": compile_call(fwd(jaxconv.conv), x, w, b),
+        "jax_xla": compile_call(fwd(jaxconv.autodiff.conv), x, w, b, policy="xla"),
     }
     torch_fwd = torch_both = None
     if torch and _torch() is not None:
