@@ -11,6 +11,10 @@ in one run (see :mod:`jaxconv.bench`). Sets (``jaxconv.bench.SETS``):
 - ``heldout2``: a second held-out set (``HELDOUT2``: ECG 1-D, EfficientNet/MobileNetV2 strided
   depthwise, ConvNeXt 7×7 depthwise, 3-D video, ResNeXt-50 strided groups, ShuffleNet, DeepLab,
   keyword spotting, SRCNN; batch 1 to 64), committed before it was first timed.
+- ``heldout3``: a third held-out set (``HELDOUT3``: FCN, YOLO, PixelCNN, wide CIFAR, Tacotron,
+  SincNet, EEGNet, MnasNet, 3-D U-Net, a dilated 1-D context layer, RegNet, super-resolution,
+  AlexNet's 5×5, a strided 3-D layer), committed before it was first timed, after the other two
+  had been looked at.
 
 The headline statistic is the median over interleaved rounds of autodiff's time / manual's in
 the same round (``vs_autodiff_rounds``); target: at least 0.95 on every layer (the default never
