@@ -90,9 +90,8 @@ def test_every_formulation_equals_the_reference(problem):
         names = C.eligible(role, x_shape, w_shape, cfg, jnp.float64)
         assert "shifted" in names
         assert ("xla" in names) == (role != "dx" or not aborts)
-        assert ("winograd" in names) == (role == "forward" and w_shape[:-2] == (3, 3)
-                                         and cfg.stride == (1, 1) and cfg.dilation == (1, 1)
-                                         and cfg.groups == 1)
+        assert ("winograd" in names) == (w_shape[:-2] == (3, 3) and cfg.stride == (1, 1)
+                                         and cfg.dilation == (1, 1) and cfg.groups == 1)
         static = args[role][2:]  # in_size / kernel and cfg are static
 
         def call(name, role=role, static=static):
@@ -151,21 +150,53 @@ def test_autodiff_differentiates_the_shared_forward_choice():
             jax.tree.map(_close, jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w), expected)
 
 
-@pytest.mark.parametrize("x_shape, padding", [((2, 7, 9, 3), ((1, 1), (1, 1))),
-                                               ((1, 6, 5, 2), ((0, 2), (2, 0))),
-                                               ((3, 4, 3, 1), ((0, 0), (0, 0)))])
+WINOGRAD_CASES = [((2, 7, 9, 3), ((1, 1), (1, 1))),  # odd and even outputs, "SAME"
+                  ((1, 6, 5, 2), ((0, 2), (2, 0))),  # asymmetric padding
+                  ((3, 4, 3, 1), ((0, 0), (0, 0))),  # "VALID", one output column
+                  ((1, 5, 6, 2), ((3, 0), (1, 4)))]  # padding past the kernel: dX crops dY
+
+
+@pytest.mark.parametrize("x_shape, padding", WINOGRAD_CASES)
 def test_winograd_equals_the_reference_and_its_float32_error_is_small(x_shape, padding):
-    """F(2×2, 3×3) on odd and even output sizes with asymmetric padding: equal to the reference
-    in float64 (1e-10); in float32 within 1e-5 of the output's scale (the core tests'
-    float32 tolerance), measured against the float64 reference."""
+    """F(2×2, 3×3) forward, dX and dW: equal to the reference in float64 (1e-10); in float32
+    within 1e-5 of each result's scale (the core tests' float32 tolerance), measured against the
+    float64 reference."""
     cfg = ConvConfig((1, 1), padding, (1, 1), 1)
     w_shape = (3, 3, x_shape[-1], 4)
-    x, w, _ = _arrays(x_shape, w_shape, cfg, 7)
-    expected = K.forward_reference(x, w, cfg)
-    _close(jax.jit(K.FORWARD["winograd"], static_argnums=2)(x, w, cfg), expected)
-    y32 = K.FORWARD["winograd"](x.astype(jnp.float32), w.astype(jnp.float32), cfg)
-    error = float(jnp.max(jnp.abs(y32 - expected)) / jnp.max(jnp.abs(expected)))
-    assert error < 1e-5, error
+    x, w, dy = _arrays(x_shape, w_shape, cfg, 7)
+    args = {"forward": (x, w, cfg), "dx": (dy, w, x_shape[1:-1], cfg),
+            "dw": (x, dy, (3, 3), cfg)}
+    for role, (a, b, *static) in args.items():
+        expected = K.TABLES[role]["xla"](a, b, *static)
+        fn = K.TABLES[role]["winograd"]
+        _close(jax.jit(lambda a, b, fn=fn, static=static: fn(a, b, *static))(a, b), expected)
+        r32 = fn(a.astype(jnp.float32), b.astype(jnp.float32), *static)
+        error = float(jnp.max(jnp.abs(r32 - expected)) / jnp.max(jnp.abs(expected)))
+        assert error < 1e-5, (role, error)
+
+
+def test_manual_gradients_under_winograd_equal_jax_grad():
+    """Every role forced to Winograd: the manual op's value and gradients (and a second-order
+    derivative through the rule) equal jax.grad of XLA's convolution (float64)."""
+    x_shape, w_shape = (2, 7, 6, 3), (3, 3, 3, 5)
+    cfg = ConvConfig((1, 1), ((1, 2), (0, 1)), (1, 1), 1)
+    x, w, _ = _arrays(x_shape, w_shape, cfg, 11)
+    b = jnp.linspace(-1.0, 1.0, 5, dtype=jnp.float64)
+
+    def loss(op):
+        return lambda x, w, b: jnp.sum(jnp.sin(op(x, w, b, padding=cfg.padding)))
+
+    with jaxconv.use(forward="winograd", dx="winograd", dw="winograd"):
+        manual = jax.jit(jax.value_and_grad(loss(jaxconv.conv), argnums=(0, 1, 2)))(x, w, b)
+        manual_hvp = jax.jit(jax.grad(lambda w: jnp.sum(
+            jax.grad(loss(jaxconv.conv), argnums=1)(x, w, b) ** 2)))(w)
+    with jaxconv.policy("xla"):
+        reference = jax.jit(jax.value_and_grad(loss(jaxconv.autodiff.conv),
+                                               argnums=(0, 1, 2)))(x, w, b)
+        reference_hvp = jax.jit(jax.grad(lambda w: jnp.sum(
+            jax.grad(loss(jaxconv.autodiff.conv), argnums=1)(x, w, b) ** 2)))(w)
+    jax.tree.map(_close, manual, reference)
+    _close(manual_hvp, reference_hvp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,8 +243,10 @@ def test_bad_policy_and_forced_names_are_rejected():
     with pytest.raises(ValueError, match="dx must be one of"), jaxconv.use(dx="im2col"):
         pass
     x, w = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2))
-    with pytest.raises(ValueError, match="winograd.*stride"), jaxconv.use(forward="winograd"):
-        jaxconv.conv(x, w, stride=2)
+    for role in C.ROLES:
+        with pytest.raises(ValueError, match=f"{role}='winograd'.*stride"), \
+                jaxconv.use(**{role: "winograd"}):
+            jax.grad(lambda x: jnp.sum(jaxconv.conv(x, w, stride=2)))(x)
 
 
 def test_other_backends_default_to_xla(monkeypatch):

@@ -208,10 +208,10 @@ BANDED_MAX_BYTES = 16 * 2**20
 def eligible(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[str, ...]:
     """The formulations of ``role`` that may be chosen for this problem.
 
-    Every formulation but ``winograd`` (2-D 3×3, stride 1, no dilation or groups) handles
-    stride, padding, dilation and groups; the other restrictions are memory: the im2col/col2im
-    buffer and the banded row views must stay under
-    ``IM2COL_MAX_BYTES``, the banded matrix under ``BANDED_MAX_BYTES``.
+    Every formulation but ``winograd`` (every role: 2-D 3×3, stride 1, no dilation or groups)
+    handles stride, padding, dilation and groups; the other restrictions are memory: the
+    im2col/col2im buffer and the banded row views must stay under ``IM2COL_MAX_BYTES``, the
+    banded matrix under ``BANDED_MAX_BYTES``.
     """
     names = NAMES[role]
     if _cols_bytes(x_shape, w_shape, cfg, dtype) > IM2COL_MAX_BYTES:
@@ -511,7 +511,7 @@ def _choose(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
         name = dict(forced)[role]
         if name == "winograd" and not _formulations.winograd_suits(w_shape, cfg):
             raise ValueError(
-                f"forward='winograd' computes only 2-D 3x3 convolutions with stride 1, no "
+                f"{role}='winograd' computes only 2-D 3x3 convolutions with stride 1, no "
                 f"dilation and no groups; got kernel {tuple(w_shape[:-2])}, stride {cfg.stride}, "
                 f"dilation {cfg.dilation}, groups {cfg.groups}")
         return name

@@ -17,8 +17,9 @@ and ``w[k]`` the ``(C_in/g, C_out)`` matrix of kernel offset k,
 - ``im2col``: the |K| views stacked into patches ``(N·O, |K|·C_in)`` and one matrix product
   (forward and dW); ``col2im`` for dX: one product ``dy · W_matᵀ`` to ``(N·O, |K|·C_in)``, then the
   |K| scatters summed. One large product, at the price of a |K|-times larger buffer.
-- ``winograd`` (forward only): F(2×2, 3×3) for 2-D, 3×3, stride-1, undilated, ungrouped
-  layers: 16 multiplications per 2×2 output tile and channel pair instead of 36.
+- ``winograd``: F(2×2, 3×3) for 2-D, 3×3, stride-1, undilated, ungrouped layers: 16
+  multiplications per 2×2 output tile and channel pair instead of 36. dX is the same
+  correlation (rot180 W over dY), dW the forward's adjoint in w (16 products over the tiles).
 - ``banded``: the last spatial dimension folded into the matrix. Along it, the correlation with
   w is a product with a banded (Toeplitz) matrix: ``T[(i, c), (o, c')] = w[k, c, c']`` where
   ``i = o·s + k·d``, zeros elsewhere. A whole image row ``x_pad[n, *h, :, :]`` (``W_pad·C_in``
@@ -231,12 +232,42 @@ def forward_banded(x: jax.Array, w: jax.Array, cfg: ConvConfig) -> jax.Array:
     y = jnp.matmul(_row_views(x, kernel, cfg), t)
     return y.reshape(x.shape[0], *out, w.shape[-1])
 
-# Winograd F(2×2, 3×3): a 2×2 output tile from a 4×4 input tile d with 16 multiplications per
-# channel pair instead of 36: Y = Aᵀ [(G w Gᵀ) ⊙ (Bᵀ d B)] A (Lavin & Gray, 2016). Across
-# channels the ⊙ becomes 16 matrix products (N·tiles, C_in) × (C_in, C_out), one per (ξ, ν).
-_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
-_WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
-_WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+# Winograd F(2×2, 3×3) (Lavin & Gray, 2016): a 2×2 output tile Y from a 4×4 input tile d with 16
+# multiplications per channel pair instead of 36, Y = Aᵀ [(G w Gᵀ) ⊙ (Bᵀ d B)] A. Each of the
+# three matrices is applied along one axis at a time as the sums it stands for, on whole arrays
+# (one per tile position), so XLA fuses the transforms into elementwise passes; across channels
+# the ⊙ becomes 16 matrix products (N·tiles, C_in) × (C_in, C_out), one per (ξ, ν).
+
+
+def _bt(d0, d1, d2, d3):
+    """Bᵀ d along one axis: 4 input rows -> 4 transformed rows."""
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+def _g(w0, w1, w2):
+    """G w along one axis: 3 taps -> 4."""
+    return w0, (w0 + w1 + w2) / 2, (w0 - w1 + w2) / 2, w2
+
+
+def _at(m0, m1, m2, m3):
+    """Aᵀ m along one axis: 4 products -> 2 outputs."""
+    return m0 + m1 + m2, m1 - m2 - m3
+
+
+def _a(y0, y1):
+    """A y, the adjoint of :func:`_at`: 2 output cotangents -> 4."""
+    return y0, y0 + y1, y0 - y1, -y1
+
+
+def _gt(m0, m1, m2, m3):
+    """Gᵀ m, the adjoint of :func:`_g`: 4 -> 3 taps."""
+    return m0 + (m1 + m2) / 2, (m1 - m2) / 2, (m1 + m2) / 2 + m3
+
+
+def _separable(transform, grid):
+    """A 1-D transform applied along both axes of a square grid (list of lists) of arrays."""
+    columns = [transform(*column) for column in zip(*grid, strict=True)]  # columns[b][i]
+    return [list(transform(*row)) for row in zip(*columns, strict=True)]
 
 
 def winograd_suits(w_shape, cfg: ConvConfig) -> bool:
@@ -245,24 +276,30 @@ def winograd_suits(w_shape, cfg: ConvConfig) -> bool:
             and cfg.stride == (1, 1) and cfg.dilation == (1, 1))
 
 
+def _winograd_tiles(x: jax.Array, padding, tiles) -> jax.Array:
+    """V = Bᵀ d B for every 4×4 input tile d (stride 2) of x padded by ``padding`` and zero-extended
+    to whole tiles: (16, N·T_h·T_w, C), ordered (ξ, ν)."""
+    x_pad = pad(x, padding)
+    extend = tuple((0, 2 * t + 2 - p) for t, p in zip(tiles, x_pad.shape[1:3], strict=True))
+    x_ext = pad(x_pad, extend)
+    th, tw = tiles
+    d = [[x_ext[:, a:a + 2 * th:2, b:b + 2 * tw:2] for b in range(4)] for a in range(4)]
+    v = _separable(_bt, d)
+    return jnp.stack([e for row in v for e in row]).reshape(16, -1, x.shape[-1])
+
+
 def forward_winograd(x: jax.Array, w: jax.Array, cfg: ConvConfig) -> jax.Array:
-    """y = Aᵀ [Σ_c (G w Gᵀ) ⊙ (Bᵀ d B)] A per 2×2 output tile, d the 4×4 input tiles (x padded,
-    then zero-extended to whole tiles), and the extra outputs cropped off. Only for
+    """y = Aᵀ [(G w Gᵀ) ⊙ (Bᵀ d B)] A per 2×2 output tile, summed over input channels by 16
+    matrix products; the outputs past O (whole tiles) are cropped. Only for
     :func:`winograd_suits` problems."""
     out = out_spatial(x.shape[1:-1], w.shape[:2], cfg)
     tiles = tuple(-(-o // 2) for o in out)
-    x_pad = pad(x, cfg.padding)
-    extend = tuple((0, 2 * t + 2 - p) for t, p in zip(tiles, x_pad.shape[1:3], strict=True))
-    x_ext = pad(x_pad, extend)
-    step = ConvConfig(stride=(2, 2), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1)
-    d = jnp.stack([view(x_ext, k, tiles, step) for k in offsets((4, 4))], axis=-2)
-    d = d.reshape(*d.shape[:3], 4, 4, x.shape[-1])  # (N, T_h, T_w, 4, 4, C_in)
-    bt, g, at = (jnp.asarray(m, x.dtype) for m in (_WINOGRAD_BT, _WINOGRAD_G, _WINOGRAD_AT))
-    v = jnp.einsum("ia,ntuabc,jb->ijntuc", bt, d, bt)
-    u = jnp.einsum("ik,klcd,jl->ijcd", g, w, g)
-    m = jnp.matmul(v.reshape(16, -1, x.shape[-1]), u.reshape(16, *w.shape[2:]))
-    m = m.reshape(4, 4, *d.shape[:3], w.shape[-1])
-    y = jnp.einsum("pi,ijntud,qj->ntpuqd", at, m, at)
+    v = _winograd_tiles(x, cfg.padding, tiles)
+    u = _separable(_g, [[w[i, j] for j in range(3)] for i in range(3)])
+    m = jnp.matmul(v, jnp.stack([e for row in u for e in row]))  # (16, N·T, C_out)
+    m = m.reshape(4, 4, x.shape[0], *tiles, w.shape[-1])
+    y = _separable(_at, [[m[i, j] for j in range(4)] for i in range(4)])  # y[p][q]: (N, *T, C)
+    y = jnp.stack([jnp.stack(row, axis=3) for row in y], axis=2)  # (N, T_h, 2, T_w, 2, C_out)
     y = y.reshape(x.shape[0], 2 * tiles[0], 2 * tiles[1], w.shape[-1])
     return y[:, : out[0], : out[1], :]
 
@@ -315,6 +352,16 @@ def dx_banded(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.Arra
     dx_pad = dx_rows.reshape(dy.shape[0], *padded, -1)
     return crop(dx_pad, in_size, cfg.padding)
 
+def dx_winograd(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.Array:
+    """dX = full-conv(rot180 W, dY), itself a 3×3 stride-1 correlation: dy padded by
+    (2 − lo, 2 − hi) (a negative amount crops outputs whose window lies in the padding) with the
+    kernel rotated and its channels swapped, by :func:`forward_winograd`."""
+    rot = jnp.swapaxes(w[::-1, ::-1], -1, -2)
+    full = ConvConfig(stride=cfg.stride, padding=tuple((2 - lo, 2 - hi) for lo, hi in cfg.padding),
+                      dilation=cfg.dilation, groups=1)
+    return forward_winograd(dy, rot, full)
+
+
 # --------------------------------------------------------------------------------------------
 # dW: (x, dy, kernel, cfg) -> dw (*K, C_in/g, C_out).
 # --------------------------------------------------------------------------------------------
@@ -357,10 +404,28 @@ def dw_banded(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> jax.Array
     return grouped_kernel(dw.reshape(*kernel, x.shape[-1], c_out), cfg.groups)
 
 
+
+def dw_winograd(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> jax.Array:
+    """The forward's adjoint in w: with U = G w Gᵀ and y_t = Aᵀ (U ⊙ V_t) A per tile,
+    dU = Σ_t (A dy_t Aᵀ) ⊙ V_t (16 products (C_in, N·T) × (N·T, C_out)) and dw = Gᵀ dU G;
+    dy is zero-extended to whole tiles, so the cropped outputs contribute nothing."""
+    tiles = tuple(-(-o // 2) for o in dy.shape[1:3])
+    v = _winograd_tiles(x, cfg.padding, tiles)
+    dy_ext = pad(dy, tuple((0, 2 * t - o) for t, o in zip(tiles, dy.shape[1:3], strict=True)))
+    e = [[dy_ext[:, p::2, q::2] for q in range(2)] for p in range(2)]
+    e = _separable(_a, e)
+    e = jnp.stack([t for row in e for t in row]).reshape(16, -1, dy.shape[-1])
+    du = jnp.einsum("kpc,kpd->kcd", v, e).reshape(4, 4, x.shape[-1], dy.shape[-1])
+    dw = _separable(_gt, [[du[i, j] for j in range(4)] for i in range(4)])
+    return jnp.stack([jnp.stack(row) for row in dw])
+
+
 FORWARD: dict[str, Callable] = {
     "shifted": forward_shifted, "im2col": forward_im2col, "banded": forward_banded,
     "winograd": forward_winograd,
 }
-DX: dict[str, Callable] = {"shifted": dx_shifted, "col2im": dx_col2im, "banded": dx_banded}
-DW: dict[str, Callable] = {"shifted": dw_shifted, "im2col": dw_im2col, "banded": dw_banded}
+DX: dict[str, Callable] = {"shifted": dx_shifted, "col2im": dx_col2im, "banded": dx_banded,
+                          "winograd": dx_winograd}
+DW: dict[str, Callable] = {"shifted": dw_shifted, "im2col": dw_im2col, "banded": dw_banded,
+                          "winograd": dw_winograd}
 TABLES = {"forward": FORWARD, "dx": DX, "dw": DW}
