@@ -10,10 +10,9 @@ measures how close each variant comes to that limit.
   for the manual rules under ``"auto"`` (``manual``), JAX's autodiff of the same forward
   (``autodiff``) and plain JAX (``jax_xla``: XLA's grouped convolution differentiated by JAX).
   Its *compulsory* traffic is the program's arguments read once and its results written once:
-  x, w, b, dy in, dx, dw, db out (the forward's y is dead code in a vjp that returns only the
-  gradients). Compulsory bytes / time is a lower bound on the bandwidth the program used; its
-  ratio to the copy's (``frac_copy``) is how far the layer is from memory speed: 1.0 is the
-  limit of any formulation that reads and writes each number once.
+  x, w, b, dy in, y, dx, dw, db out. Compulsory bytes / time is a lower bound on the bandwidth
+  the program used; its ratio to the copy's (``frac_copy``) is how far the layer is from memory
+  speed: 1.0 is the limit of any formulation that reads and writes each number once.
 - A copy of the layer's own compulsory bytes (``copy_same_gbs``): the bandwidth reachable at
   that size (a small layer stays partly in cache and may beat the large copy).
 
@@ -62,10 +61,11 @@ def copy_gbs(n_bytes: int, repeats: int) -> float:
 
 
 def compulsory_bytes(spec: bench.Layer) -> int:
-    """Bytes of the forward+backward program's arguments (x, w, b, dy) and results (dx, dw, db),
-    float32: each read or written once at least."""
+    """Bytes of the forward+backward program's arguments (x, w, b, dy) and results (y, dx, dw,
+    db), float32: each read or written once at least."""
     out = spec.out()
-    return 4 * (2 * math.prod(spec.x) + 2 * math.prod(spec.w) + 2 * spec.w[-1] + math.prod(out))
+    return 4 * (2 * math.prod(spec.x) + 2 * math.prod(spec.w) + 2 * spec.w[-1]
+                + 2 * math.prod(out))
 
 
 def layer_bandwidth(spec: bench.Layer, repeats: int, copy: float) -> dict:
@@ -103,7 +103,7 @@ def main() -> None:
     lines = [
         "# Depthwise forward+backward bandwidth against a large copy", "",
         bench.run_header(info, f"large copy ({args.copy_mb} MiB read + written) {copy:.2f} GB/s")
-        + " GB/s are compulsory bytes (x, w, b, dy read; dx, dw, db written, once each) per "
+        + " GB/s are compulsory bytes (x, w, b, dy read; y, dx, dw, db written, once each) per "
         "second of the median forward+backward call (jit of vjp), interleaved rounds; "
         "`frac_copy` is manual's GB/s over the large copy's; `copy_same_gbs` a copy of the "
         "layer's own compulsory bytes.", "",

@@ -332,9 +332,9 @@ def forward_backward_runners(spec: Layer) -> tuple[dict[str, Callable[[], Any]],
     kw = spec.kwargs()
 
     def fwd_bwd(op):
-        def run(x, w, b, dy):
-            _, vjp = jax.vjp(lambda x, w, b: op(x, w, b, **kw), x, w, b)
-            return vjp(dy)
+        def run(x, w, b, dy):  # y is returned too: a vjp's unused y is dead code XLA removes
+            y, vjp = jax.vjp(lambda x, w, b: op(x, w, b, **kw), x, w, b)
+            return y, vjp(dy)
         return run
 
     return {

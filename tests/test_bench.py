@@ -3,10 +3,14 @@ one small end-to-end run. No timing is asserted, only that the right things were
 
 import json
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
+import jaxconv.autodiff
 from jaxconv import bench
 from jaxconv.cli import main
+from jaxconv.ops import _choice
 
 
 def test_interleaved_runs_every_variant_round_robin():
@@ -43,3 +47,18 @@ def test_bench_cli_unknown_names_are_one_line_errors(argv, capsys):
     assert main(["bench", *argv, "--no-torch"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("jaxconv bench: error:") and "\n" not in err
+
+
+def test_forward_backward_programs_compute_the_forward():
+    """The timed forward+backward programs return y with the cotangents: a vjp that returns only
+    the cotangents leaves y as dead code, and XLA would time the backward alone."""
+    spec = bench.Layer("t", (2, 7, 6, 3), (3, 3, 3, 4), stride=2, padding=1)
+    runners, (x, w, b, dy) = bench.forward_backward_runners(spec)
+    expected = jaxconv.autodiff.conv(x, w, b, stride=2, padding=1)
+    measured = _choice._runner(spec.x, spec.w, spec.config(), jnp.float32, ("xla",) * 3)
+    for run in runners.values():
+        y, (dx, dw, db) = run()
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+        assert (dx.shape, dw.shape, db.shape) == (x.shape, w.shape, b.shape)
+    y, (dx, dw, db) = measured()  # on inputs of its own
+    assert (y.shape, dx.shape, dw.shape, db.shape) == (spec.out(), x.shape, w.shape, b.shape)

@@ -405,8 +405,8 @@ def _runner(x_shape, w_shape, cfg: ConvConfig, dtype, names: tuple[str, str, str
     kw = dict(stride=cfg.stride, padding=cfg.padding, dilation=cfg.dilation, groups=cfg.groups)
 
     def forward_backward(x, w, b, dy):
-        _, vjp = jax.vjp(lambda x, w, b: jaxconv.conv(x, w, b, **kw), x, w, b)
-        return vjp(dy)
+        y, vjp = jax.vjp(lambda x, w, b: jaxconv.conv(x, w, b, **kw), x, w, b)
+        return y, vjp(dy)  # y too: in a vjp returning only the cotangents y is dead code
 
     with use(*names):
         compiled = jax.jit(forward_backward).lower(x, w, b, dy).compile()
