@@ -251,14 +251,24 @@ def xla_dx_may_abort(x_shape, w_shape, cfg: ConvConfig) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+# The banded dX and dW: LeNet's layers (6 and 16 output channels) won 1.8–4.6× over plain JAX;
+# with more output channels XLA's convolution held its own or won (2-D, forward+backward against
+# plain JAX, quiet machine; the tune shapes gray32.k5.c32.b32 and gray28.k7.c48.b8 tied at
+# 0.94–1.00×, c4.20.k5.c64.b16 lost at 0.43× and heldout3's pixelcnn.7x7.b16 at 0.71×). Up to this
+# many output channels the banded rules apply.
+BANDED_MAX_C_OUT = 16
+
+
 def _banded_suits(x_shape, w_shape, cfg: ConvConfig, names) -> bool:
     """Where the banded products beat XLA's convolution on CPU: 2-D and 3-D, no groups, at most
-    8 input channels (XLA's convolution runs at a few percent of the matmul rate there), and
-    rows short enough that T's zeros cost at most ~8× the useful work (W_pad ≤ 8·K_w,eff). In 1-D
-    there are no leading rows to share T between (the product's M is the batch alone)."""
+    8 input and ``BANDED_MAX_C_OUT`` output channels (XLA's convolution runs at a few percent of
+    the matmul rate there), and rows short enough that T's zeros cost at most ~8× the useful
+    work (W_pad ≤ 8·K_w,eff). In 1-D there are no leading rows to share T between (the product's
+    M is the batch alone)."""
     nd, c_in = len(w_shape) - 2, x_shape[-1]
     width = padded_size(x_shape[1:-1], cfg.padding)[-1]
     return ("banded" in names and nd >= 2 and cfg.groups == 1 and c_in <= 8
+            and w_shape[-1] <= BANDED_MAX_C_OUT
             and width <= 8 * effective(w_shape[-3], cfg.dilation[-1]))
 
 
@@ -297,9 +307,14 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
       the shifted products), and the grouped products become batched or elementwise ones; but a
       strided depthwise layer with at most ``STRIDED_DEPTHWISE_XLA_DW_MAX_C`` channels keeps
       XLA's dW (the only role where XLA's grouped convolution won: 1.9× on 16 channels);
-    - few input channels on short rows, 2-D or 3-D (:func:`_banded_suits`: LeNet's layers):
-      dx and dw ``banded`` (2–9× over XLA's); the forward ``shifted`` for one input channel,
-      ``banded`` in 3-D, else ``xla``;
+    - one input channel, 2-D or 3-D (a network's first layer): the forward ``shifted``, |K|
+      outer products. Found on the Flax MNIST CNN's first layer; on four other single-channel
+      layers (``experiments/bench_single_channel.py``) it ran 1.5–1.6× over autodiff with dX,
+      1.9–2.9× without (as in a first layer), and 0.94–1.47× on the tune set's single-channel
+      layers with many output channels;
+    - few input and output channels on short rows, 2-D or 3-D (:func:`_banded_suits`: LeNet's
+      layers): dx and dw ``banded`` (2–9× over XLA's); the forward ``banded`` in 3-D, else
+      ``xla`` (``shifted`` with one input channel, above);
     - a strided 1-D layer (the MNIST-1D layers): XLA's dx dilates dy by the stride
       (``lhs_dilation``) and multiplies all the inserted zeros, its dw contracts the batch
       against a dilated dy; dx ``col2im`` (one product, then scatters; ``shifted`` above the
@@ -315,8 +330,9 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
 
     Fitted on the tune set of ``experiments/bench_layers.py`` (``jaxconv.bench.LAYERS`` and
     ``TUNE_EXTRA``, 2-core CPU, float32; ``--calibrate`` records the forward+backward timings of
-    every candidate); reported on the held-out sets ``HELDOUT`` and ``HELDOUT2`` as well (both
-    looked at: their losses chose which kinds of shapes were added to the tune set).
+    every candidate); reported on the held-out sets ``HELDOUT``, ``HELDOUT2`` and ``HELDOUT3``
+    (all three looked at: their losses chose which kinds of shapes were added to the tune set)
+    and ``HELDOUT4``, written before the single-channel and banded rules were refitted.
     """
     names = eligible(role, x_shape, w_shape, cfg, dtype)
     c_in_g, nd = w_shape[-2], len(w_shape) - 2
@@ -327,10 +343,10 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
                 and x_shape[-1] <= STRIDED_DEPTHWISE_XLA_DW_MAX_C):
             return "xla"
         return "shifted"
+    if role == "forward" and c_in_g == 1 and nd >= 2:
+        return "shifted"
     if _banded_suits(x_shape, w_shape, cfg, names):
-        if role != "forward":
-            return "banded"
-        return "shifted" if c_in_g == 1 else ("banded" if nd == 3 else "xla")
+        return "banded" if role != "forward" or nd == 3 else "xla"
     if strided and nd == 1 and role == "dx" and c_in_g <= STRIDED_1D_COL2IM_MAX_C_IN:
         return "col2im" if "col2im" in names else "shifted"
     if (strided and nd == 1 and role == "dw"
