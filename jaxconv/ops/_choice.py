@@ -307,14 +307,18 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
       the shifted products), and the grouped products become batched or elementwise ones; but a
       strided depthwise layer with at most ``STRIDED_DEPTHWISE_XLA_DW_MAX_C`` channels keeps
       XLA's dW (the only role where XLA's grouped convolution won: 1.9× on 16 channels);
-    - one input channel, 2-D or 3-D (a network's first layer): the forward ``shifted``, |K|
-      outer products. Found on the Flax MNIST CNN's first layer; on four other single-channel
-      layers (``experiments/bench_single_channel.py``) it ran 1.5–1.6× over autodiff with dX,
-      1.9–2.9× without (as in a first layer), and 0.94–1.47× on the tune set's single-channel
-      layers with many output channels;
     - few input and output channels on short rows, 2-D or 3-D (:func:`_banded_suits`: LeNet's
-      layers): dx and dw ``banded`` (2–9× over XLA's); the forward ``banded`` in 3-D, else
-      ``xla`` (``shifted`` with one input channel, above);
+      layers): dx and dw ``banded`` (2–9× over XLA's); the forward ``shifted`` for one input
+      channel, ``banded`` in 3-D, else ``xla``;
+    - other layers with one input channel, 2-D or 3-D (a network's first layer): the forward
+      ``shifted`` (|K| outer products) and dX ``col2im`` (one product to the patches, then
+      scatters; ``shifted`` above the memory cap), XLA's dW. The forward was found on the Flax
+      MNIST CNN's first layer and held on four other single-channel layers
+      (``experiments/bench_single_channel.py``: 1.5–1.6× over autodiff with dX, 1.9–2.9×
+      without). XLA's dX then lost to the autodiff twin's (the transpose of the shifted forward)
+      on 3×3 kernels (heldout4's EMNIST layer 0.68×, seen first there); on the seven
+      single-channel tune layers this plan ran 1.31–2.25× over the twin (XLA's dX 0.58–1.77×,
+      shifted dX 1.14–1.93×, shifted or im2col dW 0.44–1.22×);
     - a strided 1-D layer (the MNIST-1D layers): XLA's dx dilates dy by the stride
       (``lhs_dilation``) and multiplies all the inserted zeros, its dw contracts the batch
       against a dilated dy; dx ``col2im`` (one product, then scatters; ``shifted`` above the
@@ -343,10 +347,15 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
                 and x_shape[-1] <= STRIDED_DEPTHWISE_XLA_DW_MAX_C):
             return "xla"
         return "shifted"
-    if role == "forward" and c_in_g == 1 and nd >= 2:
-        return "shifted"
     if _banded_suits(x_shape, w_shape, cfg, names):
-        return "banded" if role != "forward" or nd == 3 else "xla"
+        if role != "forward":
+            return "banded"
+        return "shifted" if c_in_g == 1 else ("banded" if nd == 3 else "xla")
+    if c_in_g == 1 and nd >= 2:  # one input channel
+        if role == "forward":
+            return "shifted"
+        if role == "dx":
+            return "col2im" if "col2im" in names else "shifted"
     if strided and nd == 1 and role == "dx" and c_in_g <= STRIDED_1D_COL2IM_MAX_C_IN:
         return "col2im" if "col2im" in names else "shifted"
     if (strided and nd == 1 and role == "dw"
