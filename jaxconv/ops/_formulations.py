@@ -276,29 +276,28 @@ def winograd_suits(w_shape, cfg: ConvConfig) -> bool:
             and cfg.stride == (1, 1) and cfg.dilation == (1, 1))
 
 
-def _winograd_tiles(x: jax.Array, padding, tiles) -> jax.Array:
+def _winograd_tiles(x: jax.Array, padding, tiles) -> list[list[jax.Array]]:
     """V = Bᵀ d B for every 4×4 input tile d (stride 2) of x padded by ``padding`` and zero-extended
-    to whole tiles: (16, N·T_h·T_w, C), ordered (ξ, ν)."""
+    to whole tiles: a 4×4 grid (ξ, ν) of (N, T_h, T_w, C) arrays. Kept as 16 arrays, never
+    stacked: one 16-times larger buffer cost XLA:CPU several times the transform itself."""
     x_pad = pad(x, padding)
     extend = tuple((0, 2 * t + 2 - p) for t, p in zip(tiles, x_pad.shape[1:3], strict=True))
     x_ext = pad(x_pad, extend)
     th, tw = tiles
     d = [[x_ext[:, a:a + 2 * th:2, b:b + 2 * tw:2] for b in range(4)] for a in range(4)]
-    v = _separable(_bt, d)
-    return jnp.stack([e for row in v for e in row]).reshape(16, -1, x.shape[-1])
+    return _separable(_bt, d)
 
 
 def forward_winograd(x: jax.Array, w: jax.Array, cfg: ConvConfig) -> jax.Array:
     """y = Aᵀ [(G w Gᵀ) ⊙ (Bᵀ d B)] A per 2×2 output tile, summed over input channels by 16
-    matrix products; the outputs past O (whole tiles) are cropped. Only for
-    :func:`winograd_suits` problems."""
+    matrix products (N·T, C_in) × (C_in, C_out); the outputs past O (whole tiles) are cropped.
+    Only for :func:`winograd_suits` problems."""
     out = out_spatial(x.shape[1:-1], w.shape[:2], cfg)
     tiles = tuple(-(-o // 2) for o in out)
     v = _winograd_tiles(x, cfg.padding, tiles)
     u = _separable(_g, [[w[i, j] for j in range(3)] for i in range(3)])
-    m = jnp.matmul(v, jnp.stack([e for row in u for e in row]))  # (16, N·T, C_out)
-    m = m.reshape(4, 4, x.shape[0], *tiles, w.shape[-1])
-    y = _separable(_at, [[m[i, j] for j in range(4)] for i in range(4)])  # y[p][q]: (N, *T, C)
+    m = [[jnp.matmul(v[i][j], u[i][j]) for j in range(4)] for i in range(4)]
+    y = _separable(_at, m)  # y[p][q]: the outputs (2t + p, 2u + q), (N, T_h, T_w, C_out)
     y = jnp.stack([jnp.stack(row, axis=3) for row in y], axis=2)  # (N, T_h, 2, T_w, 2, C_out)
     y = y.reshape(x.shape[0], 2 * tiles[0], 2 * tiles[1], w.shape[-1])
     return y[:, : out[0], : out[1], :]
@@ -412,11 +411,9 @@ def dw_winograd(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> jax.Arr
     tiles = tuple(-(-o // 2) for o in dy.shape[1:3])
     v = _winograd_tiles(x, cfg.padding, tiles)
     dy_ext = pad(dy, tuple((0, 2 * t - o) for t, o in zip(tiles, dy.shape[1:3], strict=True)))
-    e = [[dy_ext[:, p::2, q::2] for q in range(2)] for p in range(2)]
-    e = _separable(_a, e)
-    e = jnp.stack([t for row in e for t in row]).reshape(16, -1, dy.shape[-1])
-    du = jnp.einsum("kpc,kpd->kcd", v, e).reshape(4, 4, x.shape[-1], dy.shape[-1])
-    dw = _separable(_gt, [[du[i, j] for j in range(4)] for i in range(4)])
+    e = _separable(_a, [[dy_ext[:, p::2, q::2] for q in range(2)] for p in range(2)])
+    du = [[_outer(v[i][j], e[i][j], 1) for j in range(4)] for i in range(4)]
+    dw = _separable(_gt, du)
     return jnp.stack([jnp.stack(row) for row in dw])
 
 
