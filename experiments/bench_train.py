@@ -75,7 +75,7 @@ def main() -> None:
     targets = {
         "lenet5 step manual >= 2x autodiff (wall)": lenet["vs_autodiff_wall"] >= 2,
         "lenet5 step within 1.25x of PyTorch (wall)": (lenet["vs_torch_wall"] >= 1 / 1.25
-                                                       if bench._torch() else None),
+                                                       if bench._torch_version() else None),
         "peak memory <= 1.25x autodiff (every step)": all(
             r["peak_manual_over_autodiff"] <= 1.25 for r in table),
     }
