@@ -275,13 +275,24 @@ def test_lenet_layers_get_the_banded_rules_on_cpu():
 
 
 def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
-    """The heuristic's cases, one layer each: plain layers stay with XLA's convolution."""
+    """The heuristic's cases, one layer each and at the edges of its thresholds: plain layers
+    stay with XLA's convolution."""
     if jax.default_backend() != "cpu":
         pytest.skip("the heuristic is for CPU")
     same = ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 1)
     strided = ConvConfig((2, 2), ((1, 1),) * 2, (1, 1), 1)
+    wino = ("winograd",) * 3
     cases = [
-        (((32, 56, 56, 64), (3, 3, 64, 64), same), ("xla", "xla", "xla")),  # ResNet 3x3
+        (((32, 56, 56, 64), (3, 3, 64, 64), same), wino),  # ResNet 3x3
+        (((128, 14, 14, 32), (3, 3, 32, 64), same), ("xla", "xla", "xla")),  # 32 in: XLA
+        (((8, 11, 40, 64), (3, 3, 64, 64), same), ("xla", "xla", "xla")),  # 11 rows out: XLA
+        (((8, 12, 12, 64), (3, 3, 64, 63), same), ("xla", "xla", "xla")),  # 63 out: XLA
+        (((8, 12, 12, 64), (3, 3, 64, 64), same), wino),  # the smallest Winograd layer
+        (((16, 48, 48, 1), (3, 3, 1, 8), same), ("shifted", "col2im", "xla")),  # one channel
+        (((16, 20, 20, 4), (5, 5, 4, 64), ConvConfig((1, 1), ((2, 2),) * 2, (1, 1), 1)),
+         ("xla", "xla", "xla")),  # few channels in, 64 out: not banded
+        (((128, 28, 28, 1), (5, 5, 1, 6), ConvConfig((1, 1), ((2, 2),) * 2, (1, 1), 1)),
+         ("shifted", "banded", "banded")),  # LeNet's first layer
         (((16, 4096, 64), (9, 64, 64), ConvConfig((1,), ((4, 4),), (1,), 1)),
          ("xla", "xla", "xla")),  # a plain 1-D layer
         (((32, 56, 56, 64), (3, 3, 64, 128), strided), ("xla", "xla", "xla")),

@@ -62,3 +62,20 @@ def test_forward_backward_programs_compute_the_forward():
         assert (dx.shape, dw.shape, db.shape) == (x.shape, w.shape, b.shape)
     y, (dx, dw, db) = measured()  # on inputs of its own
     assert (y.shape, dx.shape, dw.shape, db.shape) == (spec.out(), x.shape, w.shape, b.shape)
+
+
+def test_pytorch_is_optional(monkeypatch):
+    """Without PyTorch the comparison is skipped (None), never an error."""
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None)
+    assert bench.torch_in_subprocess("layer", {"name": "t", "x": [1, 4, 1], "w": [1, 1, 1]},
+                                     1) is None
+
+
+def test_pytorch_runs_in_a_process_of_its_own():
+    """PyTorch's layer times come from a subprocess (no XLA threads beside it): positive medians
+    for its forward and forward+backward."""
+    pytest.importorskip("torch")
+    spec = bench.Layer("t", (2, 9, 3), (3, 3, 4), stride=2, padding=1)
+    times = bench.torch_in_subprocess("layer", bench.dataclasses.asdict(spec), 2)
+    assert set(times) == {"forward", "forward_backward"}
+    assert all(t["wall"] > 0 and t["calls"] >= 2 for t in times.values())

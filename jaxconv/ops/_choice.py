@@ -195,6 +195,14 @@ def _banded_bytes(x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[int, int]:
     return row * out[-1] * w_shape[-1] * size, x_shape[0] * math.prod(out[:-1]) * row * size
 
 
+def _winograd_bytes(x_shape, w_shape, cfg: ConvConfig, dtype) -> int:
+    """Winograd's transformed tiles and products: 16 numbers per 2×2 tile and channel, in and
+    out (4·(|x| + |y|) rounded up to whole tiles), in bytes."""
+    out = out_spatial(x_shape[1:-1], w_shape[:-2], cfg)
+    tiles = math.prod(-(-o // 2) for o in out) * x_shape[0]
+    return 16 * tiles * (x_shape[-1] + w_shape[-1]) * jnp.dtype(dtype).itemsize
+
+
 # A |K|-times larger patch buffer is allowed up to this size (bytes); above it, im2col/col2im
 # are ineligible and ``shifted`` (no buffer larger than x or y) takes their place. This bounds the
 # extra memory the rules may cost over autodiff, which keeps only x, w and XLA's own workspace.
@@ -219,7 +227,8 @@ def eligible(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[str, 
     matrix, rows = _banded_bytes(x_shape, w_shape, cfg, dtype)
     if matrix > BANDED_MAX_BYTES or rows > IM2COL_MAX_BYTES:
         names = tuple(n for n in names if n != "banded")
-    if not _formulations.winograd_suits(w_shape, cfg):
+    if (not _formulations.winograd_suits(w_shape, cfg)
+            or _winograd_bytes(x_shape, w_shape, cfg, dtype) > IM2COL_MAX_BYTES):
         names = tuple(n for n in names if n != "winograd")
     if role == "dx" and xla_dx_may_abort(x_shape, w_shape, cfg):
         names = tuple(n for n in names if n != "xla")
@@ -295,6 +304,23 @@ STRIDED_1D_IM2COL_MAX_BYTES = 2 * 2**20
 STRIDED_DEPTHWISE_XLA_DW_MAX_C = 32
 
 
+# Winograd F(2×2, 3×3) for all three roles (forward, dX and dW share the transformed input
+# tiles, which XLA computes once) on 3×3 stride-1 layers with many channels and outputs. Fitted on
+# the tune set's 3×3 "SAME" layers (experiments/bench_winograd.py, forward+backward against the
+# autodiff twin, quiet machine): with ≥ 64 channels in and out and outputs ≥ 12×12 all five won
+# (1.08–2.17×); 32 input channels won twice on the tune set (1.37×, 1.46×) but lost on the Flax
+# MNIST CNN's second layer (0.78×, 0.80×); 16 or fewer channels lost (0.37×, 0.98×), and so did
+# 7×7 and 4×4 outputs with 256 and 512 channels (0.98×, 0.17×).
+WINOGRAD_MIN_C = 64
+WINOGRAD_MIN_OUT = 12
+
+
+def _winograd_pays(x_shape, w_shape, cfg: ConvConfig, names) -> bool:
+    out = out_spatial(x_shape[1:-1], w_shape[:-2], cfg)
+    return ("winograd" in names and x_shape[-1] >= WINOGRAD_MIN_C
+            and w_shape[-1] >= WINOGRAD_MIN_C and min(out) >= WINOGRAD_MIN_OUT)
+
+
 def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     """The choice of policy ``"auto"`` on CPU, without measuring: XLA's convolution except where
     the tuning set showed a large, repeatable win.
@@ -319,6 +345,10 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
       on 3×3 kernels (heldout4's EMNIST layer 0.68×, seen first there); on the seven
       single-channel tune layers this plan ran 1.31–2.25× over the twin (XLA's dX 0.58–1.77×,
       shifted dX 1.14–1.93×, shifted or im2col dW 0.44–1.22×);
+    - 3×3, stride-1, undilated 2-D layers with at least ``WINOGRAD_MIN_C`` channels in and out
+      and outputs of at least ``WINOGRAD_MIN_OUT`` in each dimension (:func:`_winograd_pays`):
+      Winograd F(2×2, 3×3) for all three roles (2.25× fewer multiplications; the transforms are
+      memory traffic, which is why it loses on few channels or tiny outputs);
     - a strided 1-D layer (the MNIST-1D layers): XLA's dx dilates dy by the stride
       (``lhs_dilation``) and multiplies all the inserted zeros, its dw contracts the batch
       against a dilated dy; dx ``col2im`` (one product, then scatters; ``shifted`` above the
@@ -336,7 +366,8 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     ``TUNE_EXTRA``, 2-core CPU, float32; ``--calibrate`` records the forward+backward timings of
     every candidate); reported on the held-out sets ``HELDOUT``, ``HELDOUT2`` and ``HELDOUT3``
     (all three looked at: their losses chose which kinds of shapes were added to the tune set)
-    and ``HELDOUT4``, written before the single-channel and banded rules were refitted.
+    and ``HELDOUT4``, written before the single-channel and banded rules were refitted (looked at
+    since), and ``HELDOUT5``, written before the Winograd rule was fitted.
     """
     names = eligible(role, x_shape, w_shape, cfg, dtype)
     c_in_g, nd = w_shape[-2], len(w_shape) - 2
@@ -347,6 +378,8 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
                 and x_shape[-1] <= STRIDED_DEPTHWISE_XLA_DW_MAX_C):
             return "xla"
         return "shifted"
+    if _winograd_pays(x_shape, w_shape, cfg, names):
+        return "winograd"
     if _banded_suits(x_shape, w_shape, cfg, names):
         if role != "forward":
             return "banded"
