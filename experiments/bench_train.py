@@ -93,7 +93,7 @@ def main() -> None:
         "# Training benchmark (issue #5)", "",
         bench.run_header(info) + " Step: medians of at "
         f"least {args.repeats} interleaved calls, until they add up to 1 s (loss + gradients + "
-        "Adam, jitted; PyTorch eager, timed in its own block right after). "
+        "Adam, jitted; PyTorch eager, timed right after by a Python process of its own). "
         "Peak memory: XLA's memory_analysis() of the compiled step, arguments + outputs + "
         "temporaries.", "",
         bench.markdown(table), "",
