@@ -262,9 +262,7 @@ def main() -> None:
     if "flax_cnn" in speed:
         targets["flax_cnn manual >= 1.5x autodiff (wall)"] = speed["flax_cnn"] >= 1.5
     targets["no model slower than 0.95x (wall)"] = min(speed.values()) >= 0.95
-    (args.out_dir / "bench_models.json").write_text(json.dumps(
-        {"meta": info, "rows": rows, "table": table, "training": training, "targets": targets},
-        indent=1))
+    data = {"meta": info, "rows": rows, "table": table, "training": training, "targets": targets}
     lines = [
         "# Other people's models: jaxconv.manual vs autodiff (issue #10)", "",
         bench.run_header(info, "float32") + f" One gradient of the loss "
@@ -286,8 +284,7 @@ def main() -> None:
         lines.append("")
     lines.append("Targets: " + "; ".join(
         f"{k}: {'met' if v else 'NOT met'}" for k, v in targets.items()))
-    (args.out_dir / "bench_models.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    bench.write_results(args.out_dir, "bench_models", data, lines)
 
 
 if __name__ == "__main__":

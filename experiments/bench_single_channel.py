@@ -86,11 +86,7 @@ def main() -> None:
              "|" + "---|" * (len(PLANS) + 2)]
     lines += [f"| {r['layer']} | {r['composition']} | "
               + " | ".join(f"{r['vs_autodiff'][p]:.2f}" for p in PLANS) + " |" for r in rows]
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "bench_single_channel.json").write_text(
-        json.dumps({"meta": info, "rows": rows}, indent=1))
-    (args.out_dir / "bench_single_channel.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    bench.write_results(args.out_dir, "bench_single_channel", {"meta": info, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -86,9 +86,8 @@ def main() -> None:
         full["speedup_vs_autodiff"] = full["autodiff_s"] / full["manual_s"]
         full["speedup_vs_jax_xla"] = full["jax_xla_s"] / full["manual_s"]
         targets["cnn1d full training manual >= 1.5x autodiff"] = full["speedup_vs_autodiff"] >= 1.5
-    (args.out_dir / "bench_train.json").write_text(json.dumps(
-        {"meta": info, "steps": steps, "table": table, "full_training": runs, "full": full,
-         "targets": targets}, indent=1))
+    data = {"meta": info, "steps": steps, "table": table, "full_training": runs, "full": full,
+            "targets": targets}
     lines = [
         "# Training benchmark (issue #5)", "",
         bench.run_header(info) + " Step: medians of at "
@@ -106,8 +105,7 @@ def main() -> None:
                   f"autodiff, {full['speedup_vs_jax_xla']:.2f}x over jax_xla.", ""]
     lines.append("Targets: " + "; ".join(
         f"{k}: {'met' if v else ('n/a' if v is None else 'NOT met')}" for k, v in targets.items()))
-    (args.out_dir / "bench_train.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    bench.write_results(args.out_dir, "bench_train", data, lines)
 
 
 if __name__ == "__main__":

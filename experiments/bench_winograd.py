@@ -105,7 +105,7 @@ def bench_one(spec: bench.Layer, repeats: int) -> dict:
             "vs_autodiff": ratios, "ms": ms, "float32_error": float32_errors(spec)}
 
 
-def markdown(rows: list[dict], info: dict) -> str:
+def markdown(rows: list[dict], info: dict) -> list[str]:
     head = ("| layer | auto | winograd fwd | winograd dx | winograd dw | all winograd | "
             "fwd ms xla | fwd ms winograd | of it, input transform | f32 error fwd/dx/dw |")
     lines = [head, "|" + "---|" * 10]
@@ -125,7 +125,7 @@ def markdown(rows: list[dict], info: dict) -> str:
         "forward alone (wall medians) and Winograd's input transform alone; the error is the "
         "float32 result's largest deviation from the float64 reference over the result's "
         "largest magnitude.", ""]
-    return "\n".join(intro + lines) + "\n"
+    return intro + lines
 
 
 def main() -> None:
@@ -145,11 +145,8 @@ def main() -> None:
               flush=True)
     info["load_after"] = list(os.getloadavg())
     info["seconds"] = time.perf_counter() - tic
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "bench_winograd.json").write_text(
-        json.dumps({"meta": info, "layers": rows}, indent=1))
-    (args.out_dir / "bench_winograd.md").write_text(markdown(rows, info))
-    print(markdown(rows, info))
+    bench.write_results(args.out_dir, "bench_winograd", {"meta": info, "layers": rows},
+                        markdown(rows, info))
 
 
 if __name__ == "__main__":

@@ -133,11 +133,7 @@ def main() -> None:
             bound = f"{walls[(r['model'], 'autodiff')] / r['ms']['convolution']:.2f}x"
         lines.append(f"| {r['model']} | {r['variant']} | {r['wall_ms']:.1f} | "
                      + " | ".join(f"{r['ms'][k]:.1f}" for k in KINDS) + f" | {bound} |")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "profile_models.json").write_text(
-        json.dumps({"meta": info, "rows": rows}, indent=1))
-    (args.out_dir / "profile_models.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    bench.write_results(args.out_dir, "profile_models", {"meta": info, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -603,6 +603,19 @@ def run_header(info: dict, *facts: str) -> str:
             f"torch {info['torch']}, policy {info['policy']}; " + "; ".join([*facts, load]) + ".")
 
 
+def write_results(out_dir, stem: str, data: dict, lines: list[str]) -> None:
+    """An experiment's results: ``{stem}.json`` (``data``) and ``{stem}.md`` (``lines``) in
+    ``out_dir`` (created if missing); the markdown is printed too."""
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(data, indent=1))
+    text = "\n".join(lines) + "\n"
+    (out_dir / f"{stem}.md").write_text(text)
+    print(text, end="")
+
+
 def geomean(values) -> float:
     values = [v for v in values if v > 0]
     return float(math.exp(sum(math.log(v) for v in values) / len(values))) if values else math.nan
