@@ -89,7 +89,6 @@ def main() -> None:
     parser.add_argument("--copy-mb", type=int, default=256)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     info = bench.run_info("bench_bandwidth.py", sys.argv[1:], args.repeats)
     copy = copy_gbs(args.copy_mb * 2**20, args.repeats)
     print(f"large copy ({args.copy_mb} MiB): {copy:.2f} GB/s", flush=True)
@@ -98,8 +97,6 @@ def main() -> None:
         rows.append(layer_bandwidth(bench.layer(name), args.repeats, copy))
         print(json.dumps(rows[-1]), flush=True)
     info["load_after"] = list(os.getloadavg())
-    (args.out_dir / "bench_bandwidth.json").write_text(
-        json.dumps({"meta": info, "copy_gbs": copy, "layers": rows}, indent=1))
     lines = [
         "# Depthwise forward+backward bandwidth against a large copy", "",
         bench.run_header(info, f"large copy ({args.copy_mb} MiB read + written) {copy:.2f} GB/s")
@@ -109,8 +106,8 @@ def main() -> None:
         "layer's own compulsory bytes.", "",
         bench.markdown(rows, "{:.3g}"), "",
     ]
-    (args.out_dir / "bench_bandwidth.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    bench.write_results(args.out_dir, "bench_bandwidth",
+                        {"meta": info, "copy_gbs": copy, "layers": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -86,15 +86,12 @@ def main(argv=None) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     info["load_after"] = list(os.getloadavg())
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "bench_conv_transpose.json").write_text(
-        json.dumps({"meta": info, "rows": rows}, indent=1))
     cols = ["layer", "manual_ms", "autodiff_ms", "jax_xla_ms", "autodiff/manual",
             "autodiff/manual cpu", "jax_xla/manual", "jax_xla/manual cpu"]
     lines = [bench.run_header(info), "", "| " + " | ".join(cols) + " |",
              "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    (args.out_dir / "bench_conv_transpose.md").write_text("\n".join(lines) + "\n")
+    bench.write_results(args.out_dir, "bench_conv_transpose", {"meta": info, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

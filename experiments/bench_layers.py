@@ -101,7 +101,6 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
 
     args = parser.parse_args()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.layers:
         sets = {"selected": tuple(bench.layer(name) for name in args.layers)}
     else:
@@ -111,8 +110,6 @@ def main() -> None:
     if args.calibrate:
         rows = {name: calibrate(specs, max(args.repeats, 5)) for name, specs in sets.items()}
         info["load_after"] = list(os.getloadavg())
-        (args.out_dir / "bench_calibration.json").write_text(
-            json.dumps({"meta": info, "sets": rows}, indent=1))
         lines = ["# Formulation calibration: the `measure` policy's search", "",
                  bench.run_header(info) + " Milliseconds are forward+backward (jit of vjp) "
                  "minima of round-robin calls, per forward/dx/dw triple tried, round by round (dw, "
@@ -129,8 +126,8 @@ def main() -> None:
                              f"{'/'.join(r['auto'].values())} | {r['seconds_to_choose']:.1f} | "
                              f"{timings} |")
             lines.append("")
-        (args.out_dir / "bench_calibration.md").write_text("\n".join(lines))
-        print("\n".join(lines))
+        bench.write_results(args.out_dir, "bench_calibration", {"meta": info, "sets": rows},
+                            lines)
         return
     matmul = bench.matmul_gflops()
     results = {}
@@ -149,8 +146,6 @@ def main() -> None:
         for row in result["rows"]:
             for times in (*row["forward"].values(), *row["forward_backward"].values()):
                 times.pop("rounds", None)
-    (args.out_dir / "bench_layers.json").write_text(json.dumps(
-        {"meta": info, "matmul_gflops": matmul, "sets": results}, indent=1))
     lines = [
         "# Layer benchmark: tune set and held-out set", "",
         bench.run_header(info, f"float32 matmul {matmul:.1f} GFLOP/s") + " "
@@ -172,8 +167,8 @@ def main() -> None:
             f"{', '.join(s['below_target']) or 'none'}. Over plain JAX: geometric mean "
             f"{s['geomean_vs_jax_xla']:.2f}x, worst {s['worst_vs_jax_xla']:.2f}x.", "",
         ]
-    (args.out_dir / "bench_layers.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    bench.write_results(args.out_dir, "bench_layers",
+                        {"meta": info, "matmul_gflops": matmul, "sets": results}, lines)
 
 
 if __name__ == "__main__":

@@ -242,7 +242,6 @@ def main() -> None:
                         help="seeds of the digits training comparison (none: skip it)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     info = bench.run_info("bench_models.py", sys.argv[1:], args.repeats)
     tic = time.perf_counter()
     rows = []

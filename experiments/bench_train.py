@@ -59,7 +59,6 @@ def main() -> None:
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     info = bench.run_info("bench_train.py", sys.argv[1:], args.repeats)
     steps = [bench.bench_train_step(name, args.repeats, torch=not args.no_torch)
              for name in bench.TRAIN_STEPS]

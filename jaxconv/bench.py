@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import importlib.util
 import json
 import math
 import os
@@ -40,6 +39,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -339,26 +339,13 @@ def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
     return 2 * n**3 / t / 1e9
 
 
-_TORCH: list = []
-
-
 def _torch_version() -> str | None:
-    """PyTorch's version when it is installed (read without importing it here)."""
+    """PyTorch's version when it is installed (an optional baseline), read without importing it
+    here: only :func:`_torch_worker`'s own process imports it."""
     try:
         return importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _torch():
-    """The ``torch`` module, or ``None`` when it is not installed (an optional baseline)."""
-    if not _TORCH:
-        try:
-            import torch
-        except ImportError:
-            torch = None
-        _TORCH.append(torch)
-    return _TORCH[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,7 +364,7 @@ def _layer_inputs(spec: Layer, key):
 
 def _torch_layer(spec: Layer, x, w, b, dy):
     """PyTorch eager forward and forward+backward runners in channels-first layout."""
-    torch = _torch()
+    import torch
     nd = len(spec.x) - 2
     conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d,
             3: torch.nn.functional.conv3d}[nd]
@@ -460,7 +447,7 @@ def torch_in_subprocess(kind: str, what, repeats: int) -> dict | None:
     a :class:`Layer` as a dict gives ``{"forward": …, "forward_backward": …}``;
     ``kind="train"`` with ``what`` a name of :data:`TRAIN_STEPS` gives ``{"step": …}``. ``None``
     when PyTorch is not installed."""
-    if importlib.util.find_spec("torch") is None:
+    if _torch_version() is None:
         return None
     code = "import sys, jaxconv.bench as b; b._torch_worker(*sys.argv[1:])"
     done = subprocess.run([sys.executable, "-c", code, kind, json.dumps(what), str(repeats)],
@@ -480,10 +467,11 @@ def _torch_worker(kind: str, what: str, repeats: str) -> None:
         runners = dict(zip(("forward", "forward_backward"), _torch_layer(spec, x, w, b, dy),
                            strict=True))
     else:
-        shape, classes, _ = TRAIN_STEPS[json.loads(what)]
+        name = json.loads(what)
+        shape, classes, _ = TRAIN_STEPS[name]
         x = rng.standard_normal(shape, np.float32)
         y = rng.integers(0, classes, shape[:1])
-        runners = {"step": _torch_train(json.loads(what), x, y, 1e-3)}
+        runners = {"step": _torch_train(name, x, y, 1e-3)}
     times = {role: interleaved({role: run}, int(repeats))[role] for role, run in runners.items()}
     print(json.dumps(times))
 
@@ -522,7 +510,7 @@ def memory_bytes(compiled) -> dict[str, int]:
 
 def _torch_train(name: str, x, y, lr: float):
     """The same model in PyTorch (channels-first), one Adam step per call."""
-    torch = _torch()
+    import torch
     nn = torch.nn
     if name == "lenet5":
         net = nn.Sequential(
@@ -606,8 +594,6 @@ def run_header(info: dict, *facts: str) -> str:
 def write_results(out_dir, stem: str, data: dict, lines: list[str]) -> None:
     """An experiment's results: ``{stem}.json`` (``data``) and ``{stem}.md`` (``lines``) in
     ``out_dir`` (created if missing); the markdown is printed too."""
-    from pathlib import Path
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(data, indent=1))

@@ -304,8 +304,8 @@ STRIDED_1D_IM2COL_MAX_BYTES = 2 * 2**20
 STRIDED_DEPTHWISE_XLA_DW_MAX_C = 32
 
 
-# Winograd F(2×2, 3×3) for all three roles (forward, dX and dW share the transformed input
-# tiles, which XLA computes once) on 3×3 stride-1 layers with many channels and outputs. Fitted on
+# Winograd F(2×2, 3×3) for all three roles (the forward and dW transform the same input tiles,
+# which XLA computes once) on 3×3 stride-1 layers with many channels and outputs. Fitted on
 # the tune set's 3×3 "SAME" layers (experiments/bench_winograd.py, forward+backward against the
 # autodiff twin, quiet machine): with ≥ 64 channels in and out and outputs ≥ 12×12 all five won
 # (1.08–2.17×); 32 input channels won twice on the tune set (1.37×, 1.46×) but lost on the Flax
@@ -384,12 +384,11 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
         if role != "forward":
             return "banded"
         return "shifted" if c_in_g == 1 else ("banded" if nd == 3 else "xla")
-    if c_in_g == 1 and nd >= 2:  # one input channel
-        if role == "forward":
-            return "shifted"
-        if role == "dx":
-            return "col2im" if "col2im" in names else "shifted"
-    if strided and nd == 1 and role == "dx" and c_in_g <= STRIDED_1D_COL2IM_MAX_C_IN:
+    one_channel = c_in_g == 1 and nd >= 2
+    if one_channel and role == "forward":
+        return "shifted"
+    if role == "dx" and (one_channel or (strided and nd == 1
+                                         and c_in_g <= STRIDED_1D_COL2IM_MAX_C_IN)):
         return "col2im" if "col2im" in names else "shifted"
     if (strided and nd == 1 and role == "dw"
             and _cols_bytes(x_shape, w_shape, cfg, dtype) <= STRIDED_1D_IM2COL_MAX_BYTES):

@@ -280,9 +280,9 @@ def _winograd_tiles(x: jax.Array, padding, tiles) -> list[list[jax.Array]]:
     """V = Bᵀ d B for every 4×4 input tile d (stride 2) of x padded by ``padding`` and zero-extended
     to whole tiles: a 4×4 grid (ξ, ν) of (N, T_h, T_w, C) arrays. Kept as 16 arrays, never
     stacked: one 16-times larger buffer cost XLA:CPU several times the transform itself."""
-    x_pad = pad(x, padding)
-    extend = tuple((0, 2 * t + 2 - p) for t, p in zip(tiles, x_pad.shape[1:3], strict=True))
-    x_ext = pad(x_pad, extend)
+    # One pad: (lo, hi) widened at the end to whole tiles, 2·T + 2 rows and columns.
+    x_ext = pad(x, tuple((lo, 2 * t + 2 - n - lo) for (lo, _), t, n
+                         in zip(padding, tiles, x.shape[1:3], strict=True)))
     th, tw = tiles
     d = [[x_ext[:, a:a + 2 * th:2, b:b + 2 * tw:2] for b in range(4)] for a in range(4)]
     return _separable(_bt, d)
@@ -351,6 +351,7 @@ def dx_banded(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.Arra
     dx_pad = dx_rows.reshape(dy.shape[0], *padded, -1)
     return crop(dx_pad, in_size, cfg.padding)
 
+
 def dx_winograd(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.Array:
     """dX = full-conv(rot180 W, dY), itself a 3×3 stride-1 correlation: dy padded by
     (2 − lo, 2 − hi) (a negative amount crops outputs whose window lies in the padding) with the
@@ -401,7 +402,6 @@ def dw_banded(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> jax.Array
     pattern = band(kernel[-1], padded, out[-1], cfg.stride[-1], cfg.dilation[-1])
     dw = jnp.einsum("kio,licod->lkcd", pattern.astype(g.dtype), g)
     return grouped_kernel(dw.reshape(*kernel, x.shape[-1], c_out), cfg.groups)
-
 
 
 def dw_winograd(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> jax.Array:
