@@ -110,7 +110,7 @@ def test_every_formulation_equals_the_reference(problem):
 @settings(max_examples=EXAMPLES)
 @given(problems(), st.sampled_from(["shifted", "im2col", "banded"]),
        st.sampled_from(["shifted", "col2im", "banded"]),
-       st.sampled_from(["shifted", "im2col", "banded"]))
+       st.sampled_from(["shifted", "im2col", "banded", "xla_cl"]))
 def test_manual_gradients_equal_jax_grad_under_every_forced_formulation(problem, fwd, dx, dw):
     """The core issue's check, for forced formulations: manual grads == jax.grad of XLA conv."""
     x_shape, w_shape, cfg, seed = problem
@@ -274,9 +274,13 @@ def test_lenet_layers_get_the_banded_rules_on_cpu():
     assert C.choose("dw", *wide, jnp.float32) != "banded"  # 66-wide rows: T is mostly zeros
 
 
+#: ``auto``'s plan where it keeps XLA's convolution: dW laid out channels-last.
+XLA = ("xla", "xla", "xla_cl")
+
+
 def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
     """The heuristic's cases, one layer each and at the edges of its thresholds: plain layers
-    stay with XLA's convolution."""
+    stay with XLA's convolution (dW laid out channels-last)."""
     if jax.default_backend() != "cpu":
         pytest.skip("the heuristic is for CPU")
     same = ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 1)
@@ -284,18 +288,18 @@ def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
     wino = ("winograd",) * 3
     cases = [
         (((32, 56, 56, 64), (3, 3, 64, 64), same), wino),  # ResNet 3x3
-        (((128, 14, 14, 32), (3, 3, 32, 64), same), ("xla", "xla", "xla")),  # 32 in: XLA
-        (((8, 11, 40, 64), (3, 3, 64, 64), same), ("xla", "xla", "xla")),  # 11 rows out: XLA
-        (((8, 12, 12, 64), (3, 3, 64, 63), same), ("xla", "xla", "xla")),  # 63 out: XLA
+        (((128, 14, 14, 32), (3, 3, 32, 64), same), XLA),  # 32 in: XLA
+        (((8, 11, 40, 64), (3, 3, 64, 64), same), XLA),  # 11 rows out: XLA
+        (((8, 12, 12, 64), (3, 3, 64, 63), same), XLA),  # 63 out: XLA
         (((8, 12, 12, 64), (3, 3, 64, 64), same), wino),  # the smallest Winograd layer
-        (((16, 48, 48, 1), (3, 3, 1, 8), same), ("shifted", "col2im", "xla")),  # one channel
+        (((16, 48, 48, 1), (3, 3, 1, 8), same), ("shifted", "col2im", "xla_cl")),  # one channel
         (((16, 20, 20, 4), (5, 5, 4, 64), ConvConfig((1, 1), ((2, 2),) * 2, (1, 1), 1)),
-         ("xla", "xla", "xla")),  # few channels in, 64 out: not banded
+         XLA),  # few channels in, 64 out: not banded
         (((128, 28, 28, 1), (5, 5, 1, 6), ConvConfig((1, 1), ((2, 2),) * 2, (1, 1), 1)),
          ("shifted", "banded", "banded")),  # LeNet's first layer
         (((16, 4096, 64), (9, 64, 64), ConvConfig((1,), ((4, 4),), (1,), 1)),
-         ("xla", "xla", "xla")),  # a plain 1-D layer
-        (((32, 56, 56, 64), (3, 3, 64, 128), strided), ("xla", "xla", "xla")),
+         XLA),  # a plain 1-D layer
+        (((32, 56, 56, 64), (3, 3, 64, 128), strided), XLA),
         (((100, 19, 25), (3, 25, 25), ConvConfig((2,), ((1, 1),), (1,), 1)),
          ("xla", "col2im", "im2col")),  # strided 1-D
         (((32, 56, 56, 64), (3, 3, 1, 64), ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 64)),
@@ -316,7 +320,7 @@ def test_strided_depthwise_with_few_channels_keeps_xlas_dw():
         return (2, 16, 16, c), (3, 3, c_in_g, c), cfg
 
     few = C.STRIDED_DEPTHWISE_XLA_DW_MAX_C
-    assert C.plan(*depthwise(few, 2), jnp.float32) == ("shifted", "shifted", "xla")
+    assert C.plan(*depthwise(few, 2), jnp.float32) == ("shifted", "shifted", "xla_cl")
     assert C.plan(*depthwise(few + 1, 2), jnp.float32) == ("shifted",) * 3
     assert C.plan(*depthwise(few, 1), jnp.float32) == ("shifted",) * 3
     assert C.plan(*depthwise(few, 2, c_in_g=2), jnp.float32) == ("shifted",) * 3
@@ -336,16 +340,16 @@ def test_strided_1d_gets_col2im_for_few_channels_and_im2col_for_a_small_buffer()
     assert (C._cols_bytes(*small, jnp.float32) <= C.STRIDED_1D_IM2COL_MAX_BYTES
             < C._cols_bytes(*more_rows, jnp.float32))
     assert C.plan(*small, jnp.float32) == ("xla", "col2im", "im2col")
-    assert C.plan(*more_rows, jnp.float32) == ("xla", "col2im", "xla")
+    assert C.plan(*more_rows, jnp.float32) == ("xla", "col2im", "xla_cl")
     wide = ((1, 32, few + 1), (3, few + 1, 8), s2)
     assert C.plan(*wide, jnp.float32) == ("xla", "xla", "im2col")
     # The tune set's shapes behind the thresholds.
     ecg_like = ((16, 1024, 64), (9, 64, 64), ConvConfig((2,), ((4, 4),), (1,), 1))
-    assert C.plan(*ecg_like, jnp.float32) == ("xla", "xla", "xla")
+    assert C.plan(*ecg_like, jnp.float32) == XLA
     signal = ((32, 4000, 1), (11, 1, 16), ConvConfig((2,), ((5, 5),), (1,), 1))
-    assert C.plan(*signal, jnp.float32) == ("xla", "col2im", "xla")
+    assert C.plan(*signal, jnp.float32) == ("xla", "col2im", "xla_cl")
     unstrided = ((1, 32, 1), (3, 1, 8), ConvConfig((1,), ((0, 0),), (1,), 1))
-    assert C.plan(*unstrided, jnp.float32) == ("xla", "xla", "xla")
+    assert C.plan(*unstrided, jnp.float32) == XLA
 
 
 def test_im2col_is_ineligible_above_the_memory_cap():
@@ -482,7 +486,7 @@ def _count_measurements(monkeypatch):
 
 def test_measure_times_the_composed_layer_and_keeps_xla_without_evidence(monkeypatch):
     """measure() times forward+backward programs (one per candidate triple), starting from XLA
-    for all three roles; with every candidate equally fast, XLA stays."""
+    for all three roles (dW channels-last); with every candidate equally fast, XLA stays."""
     timed = []
 
     def fake_time(runners, repeats):
@@ -491,12 +495,12 @@ def test_measure_times_the_composed_layer_and_keeps_xla_without_evidence(monkeyp
 
     monkeypatch.setattr(C, "_time", fake_time)
     result = C.measure(*SMALL)
-    assert result["choice"] == {"forward": "xla", "dx": "xla", "dw": "xla"}
-    assert [("xla", "xla", "xla") in names for names in timed] == [True] * 3
+    assert result["choice"] == {"forward": "xla", "dx": "xla", "dw": "xla_cl"}
+    assert [XLA in names for names in timed] == [True] * 3
     assert {n for names in timed for n in names} == {
-        ("xla", "xla", "xla"), *(("xla", "xla", n) for n in C.eligible("dw", *SMALL)),
-        *(("xla", n, "xla") for n in C.eligible("dx", *SMALL)),
-        *((n, "xla", "xla") for n in C.eligible("forward", *SMALL))}
+        XLA, *(("xla", "xla", n) for n in C.eligible("dw", *SMALL)),
+        *(("xla", n, "xla_cl") for n in C.eligible("dx", *SMALL)),
+        *((n, "xla", "xla_cl") for n in C.eligible("forward", *SMALL))}
 
 
 def test_measure_takes_a_candidate_only_when_clearly_faster(monkeypatch):

@@ -213,6 +213,51 @@ def test_gradient_jaxpr_is_three_convolutions(x_shape, w_shape, kwargs):
         assert banned not in names, (banned, names)
 
 
+def _channels_last(nd: int) -> jax.lax.ConvDimensionNumbers:
+    spatial = tuple(range(1, nd + 1))
+    return jax.lax.ConvDimensionNumbers((0, nd + 1, *spatial), (nd + 1, nd, *range(nd)),
+                                        (0, nd + 1, *spatial))
+
+
+#: XLA's convolution for every role, dW laid out channels-last: what ``auto`` runs where it
+#: keeps XLA's convolution.
+XLA_CL = dict(forward="xla", dx="xla", dw="xla_cl")
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", JAXPR_CASES)
+def test_rules_convolve_channels_last(x_shape, w_shape, kwargs):
+    """With dW's ``xla_cl`` layout every convolution of the manual gradient (forward, dx, dw) is
+    laid out like the forward: (N, *S, C) ⋆ (*K, I, O) -> (N, *S, C), its transposes written
+    out, so that XLA:CPU runs its fast convolution also inside a loop body (``lax.scan``), where
+    it keeps the layout it is given (experiments/bench_scan.py)."""
+    x, w, b = S.normal(0, x_shape), S.normal(1, w_shape), S.normal(2, (w_shape[-1],))
+    with jaxconv.use(**XLA_CL):
+        jaxpr = _grad_jaxpr(jaxconv.conv, x, w, b, kwargs)
+    convs = [e for e in S.equations(jaxpr) if e.primitive.name == "conv_general_dilated"]
+    assert convs
+    for eqn in convs:
+        assert eqn.params["dimension_numbers"] == _channels_last(len(x_shape) - 2), eqn
+
+
+def test_rules_in_a_scan_compile_to_xlas_channels_last_convolution():
+    """What the layout is for: the manual gradient of a strided 2-D layer as a ``lax.scan`` body
+    compiles to convolutions in XLA:CPU's own channels-last form (dim_labels b01f_01io->b01f)
+    only. (The reference dW, JAX's layout, compiles to f01b_i01o->01bf there.)"""
+    import re
+
+    x, w, b = S.normal(0, (4, 12, 11, 8)), S.normal(1, (3, 3, 8, 16)), S.normal(2, (16,))
+    dy = S.normal(3, jax.eval_shape(lambda: jaxconv.conv(x, w, b, stride=2, padding=1)).shape)
+
+    def step(s, _):
+        y, vjp = jax.vjp(lambda x, w, b: jaxconv.conv(x, w, b, stride=2, padding=1), x * s, w, b)
+        return 1 + 1e-9 * (jnp.sum(y) + sum(jnp.sum(g) for g in vjp(dy * s))), None
+
+    with jaxconv.use(**XLA_CL):
+        hlo = jax.jit(lambda s: jax.lax.scan(step, s, None, length=2)[0]).lower(1.0).compile()
+    labels = re.findall(r"convolution\(.*dim_labels=([^,\s]+)", hlo.as_text())
+    assert len(labels) == 3 and set(labels) == {"b01f_01io->b01f"}, labels
+
+
 def test_xla_dx_never_in_the_abort_class():
     """Under the "xla" policy the dx of a configuration in XLA:CPU's aborting class (a stride in
     one dim, a kernel larger than dy in another) is not one lhs-dilated convolution: only the

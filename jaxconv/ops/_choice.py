@@ -58,11 +58,14 @@ from jaxconv.ops import _formulations
 
 POLICIES = ("xla", "auto", "measure")
 ROLES = ("forward", "dx", "dw")
-#: The formulations of each role, the reference ``"xla"`` first.
+#: The formulations of each role: the reference ``"xla"`` first, then dW's reference laid out
+#: channels-last (``"xla_cl"``, :func:`jaxconv.ops.conv.dw_channels_last`), then the faster
+#: equivalents.
 NAMES: dict[str, tuple[str, ...]] = {
-    role: ("xla", *_formulations.TABLES[role]) for role in ROLES
+    role: ("xla", *(("xla_cl",) if role == "dw" else ()), *_formulations.TABLES[role])
+    for role in ROLES
 }
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 _ENV_POLICY = "JAXCONV_CONV_POLICY"
 
 
@@ -362,6 +365,11 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
       XLA keeps it; XLA's 2-D dw held its own too (ResNet's 3×3, stride 1 and 2);
     - everything else, and every forward not listed: ``xla``.
 
+    Wherever dW is XLA's convolution it is computed channels-last (``xla_cl``): the reference's
+    products, which XLA:CPU runs at one speed alone and inside a ``lax.scan`` body, where the
+    reference's layout (JAX's own) takes a generic loop 20–60× slower
+    (``experiments/bench_scan.py``).
+
     Fitted on the tune set of ``experiments/bench_layers.py`` (``jaxconv.bench.LAYERS`` and
     ``TUNE_EXTRA``, 2-core CPU, float32; ``--calibrate`` records the forward+backward timings of
     every candidate); reported on the held-out sets ``HELDOUT``, ``HELDOUT2`` and ``HELDOUT3``
@@ -369,6 +377,11 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     and ``HELDOUT4``, written before the single-channel and banded rules were refitted (looked at
     since), and ``HELDOUT5``, written before the Winograd rule was fitted.
     """
+    name = _heuristic(role, x_shape, w_shape, cfg, dtype)
+    return "xla_cl" if (role, name) == ("dw", "xla") else name
+
+
+def _heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     names = eligible(role, x_shape, w_shape, cfg, dtype)
     c_in_g, nd = w_shape[-2], len(w_shape) - 2
     strided = any(s > 1 for s in cfg.stride)
@@ -493,7 +506,8 @@ MARGIN = 0.95
 def measure(x_shape, w_shape, cfg: ConvConfig, dtype, repeats: int = 5) -> dict:
     """Choose the formulations of one layer by timing its forward+backward as it composes.
 
-    Starting from XLA's convolution for all three roles, each role in turn (dw, dx, forward)
+    Starting from XLA's convolution for all three roles (dW laid out channels-last, ``xla_cl``,
+    as :func:`heuristic` has it), each role in turn (dw, dx, forward)
     tries every eligible formulation with the other two fixed at the best so far, timed against
     the incumbent in the same round-robin (:func:`_time`); a candidate wins only when at least
     ``1 − MARGIN`` faster. At most 1 + 3·3 programs are compiled.
@@ -503,7 +517,7 @@ def measure(x_shape, w_shape, cfg: ConvConfig, dtype, repeats: int = 5) -> dict:
       timings of each role's round, the incumbent among them.
     """
     x_shape, w_shape = tuple(x_shape), tuple(w_shape)
-    best = ("xla", "xla", "xla")
+    best = ("xla", "xla", "xla_cl")
     seconds: dict[str, dict[str, float]] = {}
     runners = {best: _runner(x_shape, w_shape, cfg, dtype, best)}
     for role in ("dw", "dx", "forward"):

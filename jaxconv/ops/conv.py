@@ -153,7 +153,10 @@ def dx_reference(dy: jax.Array, w: jax.Array, in_size, cfg: ConvConfig) -> jax.A
 def dw_reference(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> jax.Array:
     """dw = x ⋆ dy_s over the batch: x padded by :func:`dw_padding`, correlated with dy dilated
     by the stride (``rhs_dilation``), stepping by the kernel's dilation (``window_strides``);
-    groups pair each group of x with its own group of dy (``batch_group_count``)."""
+    groups pair each group of x with its own group of dy (``batch_group_count``). The batch N is
+    what the correlation sums over, so it plays the input features and x's channels the batch,
+    in the dimension numbers, as JAX's own dW is written (the two round alike, in and out of
+    loops: tests/test_bitwise.py)."""
     return lax.conv_general_dilated(
         x,
         dy,
@@ -165,10 +168,37 @@ def dw_reference(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> jax.Ar
     )
 
 
-#: Every formulation of each role by name: the reference ("xla") and its faster equivalents.
+def dw_channels_last(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> jax.Array:
+    """:func:`dw_reference` with its transposes written out: x laid out as (C_in, *S, N), dy as a
+    (*O, N, C_out) kernel, a channels-last correlation like the forward's, (C_in/g, *K, C_out)
+    moved back to the kernel layout.
+
+    The same products (outside loops XLA:CPU transposes the reference into this very form). Inside
+    a ``lax.scan`` or ``fori_loop`` body, a jit-compiled training epoch, XLA:CPU (jaxlib 0.10.2)
+    keeps a convolution in the layout it is written in and runs any other than channels-last
+    through a generic loop: the reference dW there is 20–60× slower
+    (``experiments/bench_scan.py``), and so is JAX's own.
+    """
+    nd = cfg.nd
+    x_t = jnp.moveaxis(x, (0, nd + 1), (nd + 1, 0))  # (C_in, *S, N)
+    dy_t = jnp.moveaxis(dy, 0, nd)  # (*O, N, C_out)
+    dw_t = lax.conv_general_dilated(
+        x_t,
+        dy_t,
+        window_strides=cfg.dilation,
+        padding=dw_padding(x.shape[1:-1], dy.shape[1:-1], kernel, cfg),
+        rhs_dilation=cfg.stride,
+        dimension_numbers=_channels_last_numbers(nd),
+        batch_group_count=cfg.groups,
+    )
+    return jnp.moveaxis(dw_t, 0, nd)  # (*K, C_in/g, C_out)
+
+
+#: Every formulation of each role by name: the reference ("xla"), dW's reference laid out
+#: channels-last ("xla_cl") and the faster equivalents.
 FORWARD: dict[str, Callable] = {"xla": forward_reference, **_formulations.FORWARD}
 DX: dict[str, Callable] = {"xla": dx_reference, **_formulations.DX}
-DW: dict[str, Callable] = {"xla": dw_reference, **_formulations.DW}
+DW: dict[str, Callable] = {"xla": dw_reference, "xla_cl": dw_channels_last, **_formulations.DW}
 TABLES = {"forward": FORWARD, "dx": DX, "dw": DW}
 
 # --------------------------------------------------------------------------------------------
