@@ -21,6 +21,8 @@ in one run (see :mod:`jaxconv.bench`). Sets (``jaxconv.bench.SETS``):
   were refitted.
 - ``heldout5``: a fifth (``HELDOUT5``: mostly 3×3 "SAME" layers of other architectures),
   committed before it was first timed and before the Winograd rule was fitted.
+- ``heldout6``: a sixth (``HELDOUT6``: grouped, not depthwise, layers of other architectures),
+  committed before it was first timed and before the per-group rule was fitted.
 
 The headline statistic is the median over interleaved rounds of autodiff's time / manual's in
 the same round (``vs_autodiff_rounds``); target: at least 0.95 on every layer (the default never
