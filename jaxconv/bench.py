@@ -149,6 +149,16 @@ TUNE_EXTRA: tuple[Layer, ...] = (
     Layer("w3.c128.b4.28", (4, 28, 28, 128), (3, 3, 128, 128), padding=1),
     Layer("w3.c256.b8.7", (8, 7, 7, 256), (3, 3, 256, 256), padding=1),
     Layer("w3.c512.b2.4", (2, 4, 4, 512), (3, 3, 512, 512), padding=1),
+    # Added to fit the per-group rule: grouped (not depthwise) layers, 2 to 32 groups of 2 to 128
+    # channels, 1×1 to 3×3, strided, 1-D; none of them a held-out layer.
+    Layer("g2.c64.b8", (8, 28, 28, 128), (3, 3, 64, 128), padding=1, groups=2),
+    Layer("g8.c8.b16", (16, 28, 28, 64), (3, 3, 8, 64), padding=1, groups=8),
+    Layer("g16.c4.b8", (8, 28, 28, 64), (3, 3, 4, 64), padding=1, groups=16),
+    Layer("g32.c2.b8", (8, 28, 28, 64), (3, 3, 2, 64), padding=1, groups=32),
+    Layer("g2.1x1.c128.b16", (16, 28, 28, 256), (1, 1, 128, 256), groups=2),
+    Layer("g8.1x1.c16.b16", (16, 14, 14, 128), (1, 1, 16, 128), groups=8),
+    Layer("g8.s2.c16.b8", (8, 28, 28, 128), (3, 3, 16, 128), stride=2, padding=1, groups=8),
+    Layer("g8.1d.c16.b8", (8, 2000, 128), (3, 16, 128), padding=1, groups=8),
 )
 
 #: The held-out set: layers of other architectures, batch 1 to 64, 1-, 2- and 3-D, strides,

@@ -59,10 +59,11 @@ from jaxconv.ops import _formulations
 POLICIES = ("xla", "auto", "measure")
 ROLES = ("forward", "dx", "dw")
 #: The formulations of each role: the reference ``"xla"`` first, then dW's reference laid out
-#: channels-last (``"xla_cl"``, :func:`jaxconv.ops.conv.dw_channels_last`), then the faster
-#: equivalents.
+#: channels-last (``"xla_cl"``, :func:`jaxconv.ops.conv.dw_channels_last`), the references group
+#: by group (``"per_group"``, :func:`jaxconv.ops.conv.per_group`), then the faster equivalents.
 NAMES: dict[str, tuple[str, ...]] = {
-    role: ("xla", *(("xla_cl",) if role == "dw" else ()), *_formulations.TABLES[role])
+    role: ("xla", *(("xla_cl",) if role == "dw" else ()), "per_group",
+           *_formulations.TABLES[role])
     for role in ROLES
 }
 CACHE_VERSION = 3
@@ -233,8 +234,10 @@ def eligible(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[str, 
     if (not _formulations.winograd_suits(w_shape, cfg)
             or _winograd_bytes(x_shape, w_shape, cfg, dtype) > IM2COL_MAX_BYTES):
         names = tuple(n for n in names if n != "winograd")
+    if cfg.groups == 1:
+        names = tuple(n for n in names if n != "per_group")
     if role == "dx" and xla_dx_may_abort(x_shape, w_shape, cfg):
-        names = tuple(n for n in names if n != "xla")
+        names = tuple(n for n in names if n not in ("xla", "per_group"))
     return names
 
 
@@ -318,6 +321,22 @@ WINOGRAD_MIN_C = 64
 WINOGRAD_MIN_OUT = 12
 
 
+# Grouped (not depthwise) layers: one ungrouped XLA convolution per group for all three roles
+# (``per_group``), where each group has at least this many input channels and the kernel more than
+# one tap. Fitted on the tune set's ten grouped layers (forward+backward against the autodiff
+# twin, which differentiates the shifted forward, quiet machine): with 8 to 64 channels per group
+# and 3-tap or 3×3 kernels all five won over the shifted products (1.48–3.92× against 1.01–1.19×,
+# 3.4–44.7× over plain JAX), strided and 1-D included; 4 channels per group tied (1.15× against
+# 1.06×), 2 lost (1.27× against 1.42×), and 1×1 kernels lost or tied (0.63–1.00× against
+# 0.61–1.10×): there the shifted products stay.
+PER_GROUP_MIN_C_IN = 8
+
+
+def _per_group_pays(w_shape, cfg: ConvConfig, names) -> bool:
+    return ("per_group" in names and cfg.groups > 1 and w_shape[-2] >= PER_GROUP_MIN_C_IN
+            and math.prod(w_shape[:-2]) > 1)
+
+
 def _winograd_pays(x_shape, w_shape, cfg: ConvConfig, names) -> bool:
     out = out_spatial(x_shape[1:-1], w_shape[:-2], cfg)
     return ("winograd" in names and x_shape[-1] >= WINOGRAD_MIN_C
@@ -331,9 +350,14 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     XLA:CPU runs a convolution near the matmul rate when it is *plain*: enough channels, no
     groups, no dilation of the input. Where it leaves that regime the rule is computed otherwise:
 
-    - groups (depthwise or grouped): ``shifted`` for all three roles. XLA:CPU's grouped
-      convolution runs far below the matmul rate (the README's depthwise layer: 5× slower than
-      the shifted products), and the grouped products become batched or elementwise ones; but a
+    - grouped layers with at least ``PER_GROUP_MIN_C_IN`` input channels per group and more
+      than one kernel tap: ``per_group`` for all three roles, one ungrouped XLA convolution per
+      group (XLA:CPU's ungrouped convolution runs near the matmul rate, its grouped one far
+      below); a dX in XLA:CPU's aborting class is computed as ``shifted`` instead;
+    - other groups (depthwise, few channels per group, 1×1): ``shifted`` for all three roles.
+      XLA:CPU's grouped convolution runs far below the matmul rate (the README's depthwise
+      layer: 5× slower than the shifted products), and the grouped products become batched or
+      elementwise ones; but a
       strided depthwise layer with at most ``STRIDED_DEPTHWISE_XLA_DW_MAX_C`` channels keeps
       XLA's dW (the only role where XLA's grouped convolution won: 1.9× on 16 channels);
     - few input and output channels on short rows, 2-D or 3-D (:func:`_banded_suits`: LeNet's
@@ -385,6 +409,8 @@ def _heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     names = eligible(role, x_shape, w_shape, cfg, dtype)
     c_in_g, nd = w_shape[-2], len(w_shape) - 2
     strided = any(s > 1 for s in cfg.stride)
+    if _per_group_pays(w_shape, cfg, names):
+        return "per_group"
     if cfg.groups > 1:
         depthwise = c_in_g == 1 and x_shape[-1] == cfg.groups
         if (role == "dw" and depthwise and strided
@@ -571,7 +597,7 @@ def choose(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     by :func:`use`, else the policy's; never an ``xla`` dX that XLA:CPU would abort on
     (:func:`xla_dx_may_abort`)."""
     name = _choose(role, x_shape, w_shape, cfg, dtype)
-    if role == "dx" and name == "xla" and xla_dx_may_abort(x_shape, w_shape, cfg):
+    if role == "dx" and name in ("xla", "per_group") and xla_dx_may_abort(x_shape, w_shape, cfg):
         return "shifted"
     return name
 

@@ -194,11 +194,35 @@ def dw_channels_last(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> ja
     return jnp.moveaxis(dw_t, 0, nd)  # (*K, C_in/g, C_out)
 
 
+def per_group(correlation: Callable) -> Callable:
+    """The grouped form of a reference ``correlation(a, b, *static, cfg)``: one ungrouped
+    correlation per group, the results concatenated along the channels.
+
+    A grouped convolution is ``groups`` independent convolutions side by side, and every role
+    keeps its groups on the last axis of both operands and of the result: the forward's x
+    (C_in) and w (C_out) -> y (C_out); dX's dy (C_out) and w (C_out) -> dx (C_in); dW's x (C_in)
+    and dy (C_out) -> dw (C_out). XLA:CPU runs a grouped convolution far below its ungrouped
+    rate, the ungrouped ones near the matrix-product rate.
+    """
+    def grouped(a: jax.Array, b: jax.Array, *static):
+        *static, cfg = static
+        one = ConvConfig(cfg.stride, cfg.padding, cfg.dilation, 1)
+        parts = [correlation(a_g, b_g, *static, one) for a_g, b_g in
+                 zip(jnp.split(a, cfg.groups, axis=-1), jnp.split(b, cfg.groups, axis=-1),
+                     strict=True)]
+        return jnp.concatenate(parts, axis=-1)
+    return grouped
+
+
 #: Every formulation of each role by name: the reference ("xla"), dW's reference laid out
-#: channels-last ("xla_cl") and the faster equivalents.
-FORWARD: dict[str, Callable] = {"xla": forward_reference, **_formulations.FORWARD}
-DX: dict[str, Callable] = {"xla": dx_reference, **_formulations.DX}
-DW: dict[str, Callable] = {"xla": dw_reference, "xla_cl": dw_channels_last, **_formulations.DW}
+#: channels-last ("xla_cl"), the references group by group ("per_group") and the faster
+#: equivalents.
+FORWARD: dict[str, Callable] = {"xla": forward_reference, "per_group": per_group(forward_reference),
+                                **_formulations.FORWARD}
+DX: dict[str, Callable] = {"xla": dx_reference, "per_group": per_group(dx_reference),
+                           **_formulations.DX}
+DW: dict[str, Callable] = {"xla": dw_reference, "xla_cl": dw_channels_last,
+                           "per_group": per_group(dw_channels_last), **_formulations.DW}
 TABLES = {"forward": FORWARD, "dx": DX, "dw": DW}
 
 # --------------------------------------------------------------------------------------------
