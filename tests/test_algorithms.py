@@ -108,9 +108,9 @@ def test_every_formulation_equals_the_reference(problem):
 
 
 @settings(max_examples=EXAMPLES)
-@given(problems(), st.sampled_from(["shifted", "im2col", "banded"]),
-       st.sampled_from(["shifted", "col2im", "banded"]),
-       st.sampled_from(["shifted", "im2col", "banded", "xla_cl"]))
+@given(problems(), st.sampled_from(["shifted", "im2col", "banded", "per_group"]),
+       st.sampled_from(["shifted", "col2im", "banded", "per_group"]),
+       st.sampled_from(["shifted", "im2col", "banded", "xla_cl", "per_group"]))
 def test_manual_gradients_equal_jax_grad_under_every_forced_formulation(problem, fwd, dx, dw):
     """The core issue's check, for forced formulations: manual grads == jax.grad of XLA conv."""
     x_shape, w_shape, cfg, seed = problem
@@ -304,6 +304,14 @@ def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
          ("xla", "col2im", "im2col")),  # strided 1-D
         (((32, 56, 56, 64), (3, 3, 1, 64), ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 64)),
          ("shifted", "shifted", "shifted")),  # depthwise
+        (((8, 28, 28, 64), (3, 3, 8, 64), ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 8)),
+         ("per_group",) * 3),  # 8 channels per group: one XLA convolution per group
+        (((8, 28, 28, 64), (3, 3, 7, 56), ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 8)),
+         ("shifted",) * 3),  # 7 per group: shifted
+        (((8, 28, 28, 256), (1, 1, 128, 256), ConvConfig((1, 1), ((0, 0),) * 2, (1, 1), 2)),
+         ("shifted",) * 3),  # 1×1 grouped: shifted
+        (((2, 3, 10, 16), (4, 2, 8, 4), ConvConfig((3, 2), ((2, 2), (1, 1)), (1, 1), 2)),
+         ("per_group", "shifted", "per_group")),  # XLA:CPU's aborting dX class: shifted dX
     ]
     for problem, expected in cases:
         assert C.plan(*problem, jnp.float32) == expected, problem
