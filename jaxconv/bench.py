@@ -290,8 +290,25 @@ HELDOUT6: tuple[Layer, ...] = (
     Layer("sknet.5x5.g32.b8", (8, 28, 28, 128), (5, 5, 4, 128), padding=2, groups=32),
 )
 
+#: A seventh held-out set, written and committed (2026-11-29) before any of it was timed and before
+#: the single-channel im2col dW was fitted: one-input-channel 2-D layers with small kernels
+#: (spectrograms, X-rays, SAR, KMNIST "VALID", QuickDraw at batch 256, a strided medical layer,
+#: 2×2 and 3×3 kernels, 16 to 64 outputs). Reported, never fitted to.
+HELDOUT7: tuple[Layer, ...] = (
+    Layer("spectrogram.k3.c32.b16", (16, 64, 128, 1), (3, 3, 1, 32), padding=1),
+    Layer("mnist.k3.c64.b64", (64, 28, 28, 1), (3, 3, 1, 64), padding=1),
+    Layer("kmnist.valid.c32.b128", (128, 28, 28, 1), (3, 3, 1, 32)),
+    Layer("xray.k3.c32.b8", (8, 128, 128, 1), (3, 3, 1, 32), padding=1),
+    Layer("sar.k3.c48.b4", (4, 96, 96, 1), (3, 3, 1, 48), padding=1),
+    Layer("quickdraw.k3.c32.b256", (256, 28, 28, 1), (3, 3, 1, 32), padding=1),
+    Layer("depthmap.k3.c16.b32", (32, 48, 64, 1), (3, 3, 1, 16), padding=1),
+    Layer("medical.k3.s2.c32.b16", (16, 64, 64, 1), (3, 3, 1, 32), stride=2, padding=1),
+    Layer("gray.k2.c32.b32", (32, 32, 32, 1), (2, 2, 1, 32)),
+)
+
 SETS = {"readme": LAYERS, "tune": LAYERS + TUNE_EXTRA, "heldout": HELDOUT, "heldout2": HELDOUT2,
-        "heldout3": HELDOUT3, "heldout4": HELDOUT4, "heldout5": HELDOUT5, "heldout6": HELDOUT6}
+        "heldout3": HELDOUT3, "heldout4": HELDOUT4, "heldout5": HELDOUT5, "heldout6": HELDOUT6,
+        "heldout7": HELDOUT7}
 
 #: Training steps: (batch shape, classes, model hyperparameters). LeNet-5 with its original
 #: widths (6, 16), as in PyTorch's model below; cnn1d as jaxconv.models builds it.
@@ -304,7 +321,7 @@ TRAIN_STEPS = {
 def layer(name: str) -> Layer:
     """A layer of the suite, the tuning shapes or a held-out set, by name."""
     known = (LAYERS + TUNE_EXTRA + HELDOUT + HELDOUT2 + HELDOUT3 + HELDOUT4 + HELDOUT5
-             + HELDOUT6)
+             + HELDOUT6 + HELDOUT7)
     for spec in known:
         if spec.name == name:
             return spec
