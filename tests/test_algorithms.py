@@ -293,6 +293,9 @@ def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
         (((8, 12, 12, 64), (3, 3, 64, 63), same), XLA),  # 63 out: XLA
         (((8, 12, 12, 64), (3, 3, 64, 64), same), wino),  # the smallest Winograd layer
         (((16, 48, 48, 1), (3, 3, 1, 8), same), ("shifted", "col2im", "xla_cl")),  # one channel
+        (((16, 48, 48, 1), (3, 3, 1, 32), same), ("shifted", "col2im", "im2col")),  # 32 outputs
+        (((16, 48, 48, 1), (5, 5, 1, 32), ConvConfig((1, 1), ((2, 2),) * 2, (1, 1), 1)),
+         ("shifted", "col2im", "xla_cl")),  # 25 taps: XLA's dW
         (((16, 20, 20, 4), (5, 5, 4, 64), ConvConfig((1, 1), ((2, 2),) * 2, (1, 1), 1)),
          XLA),  # few channels in, 64 out: not banded
         (((128, 28, 28, 1), (5, 5, 1, 6), ConvConfig((1, 1), ((2, 2),) * 2, (1, 1), 1)),

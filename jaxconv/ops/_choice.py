@@ -321,6 +321,17 @@ WINOGRAD_MIN_C = 64
 WINOGRAD_MIN_OUT = 12
 
 
+# Single-input-channel layers with small kernels and many outputs: im2col dW (one product of the
+# (N·O, |K|) patches with dy). Fitted on the tune set's single-channel layers (forward+backward
+# against the twin, and forward+dW alone as a network's first layer runs it, quiet machine): 3×3
+# kernels with 32 and 64 outputs won (2.34× and 1.22× against XLA's dW's 2.25× and 1.12×; 2.09× and
+# 2.00× against 1.66× and 1.89× as a first layer); 8 outputs lost (1.15× against 1.38×), and so
+# did 5×5 and 7×7 kernels (0.58–1.12× against 1.44–2.67×). Up to this many kernel taps and from
+# this many outputs:
+SINGLE_CHANNEL_IM2COL_DW_MAX_TAPS = 9
+SINGLE_CHANNEL_IM2COL_DW_MIN_C_OUT = 32
+
+
 # Grouped (not depthwise) layers: one ungrouped XLA convolution per group for all three roles
 # (``per_group``), where each group has at least this many input channels and the kernel more than
 # one tap. Fitted on the tune set's ten grouped layers (forward+backward against the autodiff
@@ -371,7 +382,9 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
       without). XLA's dX then lost to the autodiff twin's (the transpose of the shifted forward)
       on 3×3 kernels (heldout4's EMNIST layer 0.68×, seen first there); on the seven
       single-channel tune layers this plan ran 1.31–2.25× over the twin (XLA's dX 0.58–1.77×,
-      shifted dX 1.14–1.93×, shifted or im2col dW 0.44–1.22×);
+      shifted dX 1.14–1.93×, shifted or im2col dW 0.44–1.22×); with at most
+      ``SINGLE_CHANNEL_IM2COL_DW_MAX_TAPS`` kernel taps and at least
+      ``SINGLE_CHANNEL_IM2COL_DW_MIN_C_OUT`` outputs, dW ``im2col`` instead of XLA's;
     - 3×3, stride-1, undilated 2-D layers with at least ``WINOGRAD_MIN_C`` channels in and out
       and outputs of at least ``WINOGRAD_MIN_OUT`` in each dimension (:func:`_winograd_pays`):
       Winograd F(2×2, 3×3) for all three roles (2.25× fewer multiplications; the transforms are
@@ -426,6 +439,10 @@ def _heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     one_channel = c_in_g == 1 and nd >= 2
     if one_channel and role == "forward":
         return "shifted"
+    if (one_channel and role == "dw" and "im2col" in names
+            and math.prod(w_shape[:-2]) <= SINGLE_CHANNEL_IM2COL_DW_MAX_TAPS
+            and w_shape[-1] >= SINGLE_CHANNEL_IM2COL_DW_MIN_C_OUT):
+        return "im2col"
     if role == "dx" and (one_channel or (strided and nd == 1
                                          and c_in_g <= STRIDED_1D_COL2IM_MAX_C_IN)):
         return "col2im" if "col2im" in names else "shifted"
