@@ -412,7 +412,8 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     every candidate); reported on the held-out sets ``HELDOUT``, ``HELDOUT2`` and ``HELDOUT3``
     (all three looked at: their losses chose which kinds of shapes were added to the tune set)
     and ``HELDOUT4``, written before the single-channel and banded rules were refitted (looked at
-    since), and ``HELDOUT5``, written before the Winograd rule was fitted.
+    since), ``HELDOUT5``, written before the Winograd rule was fitted, ``HELDOUT6``, before the
+    per-group rule, and ``HELDOUT7``, before the single-channel im2col dW (all looked at since).
     """
     name = _heuristic(role, x_shape, w_shape, cfg, dtype)
     return "xla_cl" if (role, name) == ("dw", "xla") else name
