@@ -38,6 +38,7 @@ Writes ``experiments/results/bench_scan.{md,json}``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -50,6 +51,9 @@ import optax
 import jaxconv
 import jaxconv.autodiff
 from jaxconv import bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_models import MODELS  # noqa: E402  (experiments/bench_models.py, beside this file)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (name, op, policy) of the three layer variants: the manual rule, its twin, plain JAX.
@@ -95,34 +99,21 @@ def layer_row(spec: bench.Layer, steps: int, repeats: int) -> dict:
 
 
 def epoch_row(name: str, steps: int, repeats: int) -> dict:
-    from jaxconv import models
     from jaxconv.train import make_epoch
 
-    shape, classes, hyper = bench.TRAIN_STEPS[name]
-    model = models.get(name, **hyper)
-    kx, ky, kp = jax.random.split(jax.random.key(0), 3)
-    batch = shape[0]
-    x = jax.random.normal(kx, (steps * batch, *shape[1:]), jnp.float32)
-    y = jax.random.randint(ky, (steps * batch,), 0, classes)
-    batches = jnp.arange(steps * batch, dtype=jnp.int32).reshape(steps, batch)
-    params = model.init(kp, shape[1:], classes)
-    optimizer = optax.adam(1e-3)
-    opt_state = optimizer.init(params)
+    model, optimizer, params, opt_state, x, y = bench.train_problem(name, steps)
+    batches = jnp.arange(x.shape[0], dtype=jnp.int32).reshape(steps, -1)
     runners = {}
-    for variant, grads, policy in (("manual", "manual", "auto"), ("autodiff", "autodiff", "auto"),
-                                   ("jax_xla", "autodiff", "xla")):
+    for variant, grads, policy in bench.TRAIN_VARIANTS:
         epoch = make_epoch(model.apply, optimizer, grads)
         runners[variant] = bench.compile_call(epoch, params, opt_state, x, y, batches,
                                               policy=policy)
     t = bench.interleaved(runners, repeats, warmup=1, min_seconds=0)
-    return {"model": name, "library": "jaxconv", "batch": batch, "steps": steps,
+    return {"model": name, "library": "jaxconv", "batch": batches.shape[1], "steps": steps,
             **_speeds(t, steps)}
 
 
 def model_row(name: str, steps: int, repeats: int) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_models import MODELS
-
     library, build, batch, _ = MODELS[name]
     loss, (params, *rest) = build(batch)
     optimizer = optax.adam(1e-3)
@@ -160,11 +151,8 @@ def strip(rows: list[dict]) -> list[dict]:
 
 
 def _installed(name: str) -> bool:
-    import importlib.util
-
-    library = {"flax_cnn": "flax", "resnet18": "haiku", "mobilenet_v1": "haiku",
-               "equinox_cnn": "equinox"}[name]
-    return importlib.util.find_spec(library) is not None
+    """Whether the library of ``bench_models.MODELS[name]`` can be imported."""
+    return importlib.util.find_spec(MODELS[name][0].split(".")[0]) is not None
 
 
 def main() -> None:
@@ -173,8 +161,7 @@ def main() -> None:
     parser.add_argument("--layers", nargs="*", default=None, help="only these layers, by name")
     parser.add_argument("--epochs", nargs="*", default=list(bench.TRAIN_STEPS),
                         choices=sorted(bench.TRAIN_STEPS))
-    parser.add_argument("--models", nargs="*",
-                        default=["flax_cnn", "resnet18", "mobilenet_v1", "equinox_cnn"])
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--steps", type=int, default=2, help="loop iterations per program")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)

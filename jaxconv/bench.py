@@ -590,8 +590,15 @@ def _torch_train(name: str, x, y, lr: float):
     return step
 
 
-def bench_train_step(name: str, repeats: int = 10, torch: bool = True) -> dict:
-    """One jitted training step (loss, gradients, Adam) of ``jaxconv.models.get(name)``."""
+#: The JAX variants of a training-step comparison: (name, gradient mode, conv policy).
+TRAIN_VARIANTS = (("manual", "manual", "auto"), ("autodiff", "autodiff", "auto"),
+                  ("jax_xla", "autodiff", "xla"))
+
+
+def train_problem(name: str, batches: int = 1):
+    """``jaxconv.models.get(name)`` at :data:`TRAIN_STEPS`' shapes: ``(model, optimizer, params,
+    opt_state, x, y)`` with Adam (1e-3) and random inputs and labels for ``batches`` batches (the
+    values do not change the time)."""
     import optax
 
     from jaxconv import models
@@ -599,14 +606,19 @@ def bench_train_step(name: str, repeats: int = 10, torch: bool = True) -> dict:
     shape, classes, hyper = TRAIN_STEPS[name]
     model = models.get(name, **hyper)
     kx, ky, kp = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, shape, jnp.float32)
-    y = jax.random.randint(ky, shape[:1], 0, classes)
+    n = batches * shape[0]
+    x = jax.random.normal(kx, (n, *shape[1:]), jnp.float32)
+    y = jax.random.randint(ky, (n,), 0, classes)
     params = model.init(kp, shape[1:], classes)
     optimizer = optax.adam(1e-3)
-    opt_state = optimizer.init(params)
+    return model, optimizer, params, optimizer.init(params), x, y
+
+
+def bench_train_step(name: str, repeats: int = 10, torch: bool = True) -> dict:
+    """One jitted training step (loss, gradients, Adam) of ``jaxconv.models.get(name)``."""
+    model, optimizer, params, opt_state, x, y = train_problem(name)
     runners, memory = {}, {}
-    for variant, grads, policy in (("manual", "manual", "auto"), ("autodiff", "autodiff", "auto"),
-                                   ("jax_xla", "autodiff", "xla")):
+    for variant, grads, policy in TRAIN_VARIANTS:
         step = _train_step(model, optimizer, grads)
         with jaxconv.policy(policy):
             compiled = jax.jit(step).lower(params, opt_state, x, y).compile()
@@ -616,7 +628,7 @@ def bench_train_step(name: str, repeats: int = 10, torch: bool = True) -> dict:
     torch_times = torch_in_subprocess("train", name, repeats) if torch else None
     if torch_times:
         step["torch"] = torch_times["step"]
-    return {"model": name, "batch": shape[0], "step": step, "memory": memory}
+    return {"model": name, "batch": x.shape[0], "step": step, "memory": memory}
 
 
 # --------------------------------------------------------------------------------------------

@@ -237,8 +237,13 @@ def eligible(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[str, 
     if cfg.groups == 1:
         names = tuple(n for n in names if n != "per_group")
     if role == "dx" and xla_dx_may_abort(x_shape, w_shape, cfg):
-        names = tuple(n for n in names if n not in ("xla", "per_group"))
+        names = tuple(n for n in names if n not in LHS_DILATED_DX)
     return names
+
+
+#: The dX formulations that are XLA convolutions of dy dilated by the stride (``lhs_dilation``):
+#: the ones :func:`xla_dx_may_abort` rules out.
+LHS_DILATED_DX = ("xla", "per_group")
 
 
 def xla_dx_may_abort(x_shape, w_shape, cfg: ConvConfig) -> bool:
@@ -248,8 +253,9 @@ def xla_dx_may_abort(x_shape, w_shape, cfg: ConvConfig) -> bool:
     ``experiments/abort_sweep.py`` found the class (results/abort_sweep.md): 2 or more spatial
     dims, one with stride = kernel >= 2, another whose (dilated) kernel is larger than dy. It is
     taken broadly here (any stride >= 2 in one dim, a kernel larger than dy in another): there
-    ``xla`` is not eligible for dX, and :func:`choose` computes dX as ``shifted`` products even
-    under the ``"xla"`` policy or a forced ``use(dx="xla")``. Other backends are unaffected.
+    no :data:`LHS_DILATED_DX` formulation is eligible for dX, and :func:`choose` computes dX as
+    ``shifted`` products even under the ``"xla"`` policy or a forced ``use(dx="xla")``. Other
+    backends are unaffected.
     """
     nd = len(w_shape) - 2
     if nd < 2 or jax.default_backend() != "cpu":
@@ -612,10 +618,10 @@ def measured(x_shape, w_shape, cfg: ConvConfig, dtype) -> dict[str, str]:
 
 def choose(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     """The formulation of ``role`` ("forward", "dx" or "dw") for this problem: the one forced
-    by :func:`use`, else the policy's; never an ``xla`` dX that XLA:CPU would abort on
-    (:func:`xla_dx_may_abort`)."""
+    by :func:`use`, else the policy's; never an ``xla`` or ``per_group`` dX that XLA:CPU would
+    abort on (:func:`xla_dx_may_abort`)."""
     name = _choose(role, x_shape, w_shape, cfg, dtype)
-    if role == "dx" and name in ("xla", "per_group") and xla_dx_may_abort(x_shape, w_shape, cfg):
+    if role == "dx" and name in LHS_DILATED_DX and xla_dx_may_abort(x_shape, w_shape, cfg):
         return "shifted"
     return name
 
