@@ -25,6 +25,8 @@ in one run (see :mod:`jaxconv.bench`). Sets (``jaxconv.bench.SETS``):
   committed before it was first timed and before the per-group rule was fitted.
 - ``heldout7``: a seventh (``HELDOUT7``: one-input-channel 2-D layers with small kernels),
   committed before it was first timed and before the single-channel im2col dW was fitted.
+- ``heldout8``: an eighth (``HELDOUT8``: pointwise, 1×1, layers of other architectures, some
+  grouped), committed before it was first timed and before a 1×1 rule was fitted.
 
 The headline statistic is the median over interleaved rounds of autodiff's time / manual's in
 the same round (``vs_autodiff_rounds``); target: at least 0.95 on every layer (the default never

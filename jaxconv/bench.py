@@ -306,9 +306,35 @@ HELDOUT7: tuple[Layer, ...] = (
     Layer("gray.k2.c32.b32", (32, 32, 32, 1), (2, 2, 1, 32)),
 )
 
+#: An eighth held-out set, written and committed (2026-11-29) before any of it was timed and before
+#: a 1×1 rule was fitted: pointwise (1×1, 1×1×1, 1-tap) layers of other architectures (Inception's
+#: reductions, SqueezeNet's squeeze and expand, MobileNetV1/V2's expansions and projections,
+#: EfficientNet's late stage, ResNet-50's strided downsample, a U-Net head with two outputs, a
+#: TCN's 1-D mixing layer, I3D's 1×1×1, Network-in-Network, a batch-1 bottleneck, ShuffleNet g2 and
+#: g4, an interleaved 16-group layer, a grouped 1-D pointwise). Reported, never fitted to.
+HELDOUT8: tuple[Layer, ...] = (
+    Layer("inception.1x1.c192.c64.b16", (16, 28, 28, 192), (1, 1, 192, 64)),
+    Layer("squeezenet.squeeze.c128.c16.b32", (32, 55, 55, 128), (1, 1, 128, 16)),
+    Layer("squeezenet.expand.c16.c64.b32", (32, 55, 55, 16), (1, 1, 16, 64)),
+    Layer("mbv1.pw1.c32.c64.b8", (8, 112, 112, 32), (1, 1, 32, 64)),
+    Layer("mbv2.expand.c24.c144.b16", (16, 56, 56, 24), (1, 1, 24, 144)),
+    Layer("mbv2.project.c144.c24.b16", (16, 56, 56, 144), (1, 1, 144, 24)),
+    Layer("effnet.pw.c960.c160.b8", (8, 7, 7, 960), (1, 1, 960, 160)),
+    Layer("resnet50.down.s2.b4", (4, 28, 28, 512), (1, 1, 512, 1024), stride=2),
+    Layer("unet.head.c64.c2.b4", (4, 256, 256, 64), (1, 1, 64, 2)),
+    Layer("tcn.1x1.1d.c128.b8", (8, 2048, 128), (1, 128, 64)),
+    Layer("i3d.1x1x1.c192.c64.b2", (2, 8, 28, 28, 192), (1, 1, 1, 192, 64)),
+    Layer("nin.cccp.c192.b32", (32, 8, 8, 192), (1, 1, 192, 192)),
+    Layer("bottleneck.c2048.c512.b1", (1, 7, 7, 2048), (1, 1, 2048, 512)),
+    Layer("shufflenet.g4.1x1.b16", (16, 28, 28, 272), (1, 1, 68, 272), groups=4),
+    Layer("shufflenet.g2.1x1.b32", (32, 14, 14, 400), (1, 1, 200, 400), groups=2),
+    Layer("igc.g16.1x1.b8", (8, 28, 28, 256), (1, 1, 16, 256), groups=16),
+    Layer("grouped.pw.1d.g8.b16", (16, 1000, 128), (1, 16, 128), groups=8),
+)
+
 SETS = {"readme": LAYERS, "tune": LAYERS + TUNE_EXTRA, "heldout": HELDOUT, "heldout2": HELDOUT2,
         "heldout3": HELDOUT3, "heldout4": HELDOUT4, "heldout5": HELDOUT5, "heldout6": HELDOUT6,
-        "heldout7": HELDOUT7}
+        "heldout7": HELDOUT7, "heldout8": HELDOUT8}
 
 #: Training steps: (batch shape, classes, model hyperparameters). LeNet-5 with its original
 #: widths (6, 16), as in PyTorch's model below; cnn1d as jaxconv.models builds it.
@@ -321,7 +347,7 @@ TRAIN_STEPS = {
 def layer(name: str) -> Layer:
     """A layer of the suite, the tuning shapes or a held-out set, by name."""
     known = (LAYERS + TUNE_EXTRA + HELDOUT + HELDOUT2 + HELDOUT3 + HELDOUT4 + HELDOUT5
-             + HELDOUT6 + HELDOUT7)
+             + HELDOUT6 + HELDOUT7 + HELDOUT8)
     for spec in known:
         if spec.name == name:
             return spec
