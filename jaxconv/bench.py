@@ -159,6 +159,20 @@ TUNE_EXTRA: tuple[Layer, ...] = (
     Layer("g8.1x1.c16.b16", (16, 14, 14, 128), (1, 1, 16, 128), groups=8),
     Layer("g8.s2.c16.b8", (8, 28, 28, 128), (3, 3, 16, 128), stride=2, padding=1, groups=8),
     Layer("g8.1d.c16.b8", (8, 2000, 128), (3, 16, 128), padding=1, groups=8),
+    # Added to fit the 1×1 rule: pointwise layers, 8 to 1024 channels, batch 1 to 64, strided,
+    # 1-D and 3-D, grouped; none of them a held-out layer.
+    Layer("pw.c32.c64.b32.32", (32, 32, 32, 32), (1, 1, 32, 64)),
+    Layer("pw.c256.c64.b16.28", (16, 28, 28, 256), (1, 1, 256, 64)),
+    Layer("pw.s2.c128.c256.b8", (8, 28, 28, 128), (1, 1, 128, 256), stride=2),
+    Layer("pw.1d.c64.c128.b16", (16, 500, 64), (1, 64, 128)),
+    Layer("pw.3d.c32.c64.b2", (2, 8, 28, 28, 32), (1, 1, 1, 32, 64)),
+    Layer("pw.c512.b1.14", (1, 14, 14, 512), (1, 1, 512, 512)),
+    Layer("pw.c1024.c256.b8.7", (8, 7, 7, 1024), (1, 1, 1024, 256)),
+    Layer("pw.c8.c16.b64.32", (64, 32, 32, 8), (1, 1, 8, 16)),
+    Layer("g16.1x1.c8.b16", (16, 28, 28, 128), (1, 1, 8, 128), groups=16),
+    Layer("g32.1x1.c4.b16", (16, 28, 28, 128), (1, 1, 4, 128), groups=32),
+    Layer("g4.1x1.1d.c32.b16", (16, 1000, 128), (1, 32, 128), groups=4),
+    Layer("g4.1x1.s2.c64.b8", (8, 28, 28, 256), (1, 1, 64, 256), stride=2, groups=4),
 )
 
 #: The held-out set: layers of other architectures, batch 1 to 64, 1-, 2- and 3-D, strides,

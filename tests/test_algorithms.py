@@ -108,9 +108,9 @@ def test_every_formulation_equals_the_reference(problem):
 
 
 @settings(max_examples=EXAMPLES)
-@given(problems(), st.sampled_from(["shifted", "im2col", "banded", "per_group"]),
-       st.sampled_from(["shifted", "col2im", "banded", "per_group"]),
-       st.sampled_from(["shifted", "im2col", "banded", "xla_cl", "per_group"]))
+@given(problems(), st.sampled_from(["shifted", "im2col", "banded", *C.PER_GROUP]),
+       st.sampled_from(["shifted", "col2im", "banded", *C.PER_GROUP]),
+       st.sampled_from(["shifted", "im2col", "banded", "xla_cl", *C.PER_GROUP]))
 def test_manual_gradients_equal_jax_grad_under_every_forced_formulation(problem, fwd, dx, dw):
     """The core issue's check, for forced formulations: manual grads == jax.grad of XLA conv."""
     x_shape, w_shape, cfg, seed = problem
@@ -312,7 +312,17 @@ def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
         (((8, 28, 28, 64), (3, 3, 7, 56), ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 8)),
          ("shifted",) * 3),  # 7 per group: shifted
         (((8, 28, 28, 256), (1, 1, 128, 256), ConvConfig((1, 1), ((0, 0),) * 2, (1, 1), 2)),
-         ("shifted",) * 3),  # 1×1 grouped: shifted
+         ("per_group_shifted",) * 3),  # 1×1 grouped: one matrix product per group
+        (((8, 28, 28, 128), (1, 1, 4, 128), ConvConfig((2, 2), ((0, 0),) * 2, (1, 1), 32)),
+         ("per_group_shifted",) * 3),  # 4 channels per group, strided: the same
+        (((8, 28, 28, 64), (1, 1, 1, 64), ConvConfig((1, 1), ((0, 0),) * 2, (1, 1), 64)),
+         ("shifted",) * 3),  # 1×1 depthwise: elementwise products
+        (((16, 56, 56, 64), (1, 1, 64, 256), ConvConfig((1, 1), ((0, 0),) * 2, (1, 1), 1)),
+         ("shifted",) * 3),  # 1×1: the perceptron's products, not XLA's convolution
+        (((16, 500, 64), (1, 64, 128), ConvConfig((2,), ((0, 0),), (1,), 1)),
+         ("shifted",) * 3),  # 1-tap 1-D, strided
+        (((2, 8, 28, 28, 1), (1, 1, 1, 1, 8), ConvConfig((1,) * 3, ((0, 0),) * 3, (1,) * 3, 1)),
+         ("shifted",) * 3),  # 1×1×1 from one input channel
         (((2, 3, 10, 16), (4, 2, 8, 4), ConvConfig((3, 2), ((2, 2), (1, 1)), (1, 1), 2)),
          ("per_group", "shifted", "per_group")),  # XLA:CPU's aborting dX class: shifted dX
     ]
@@ -344,10 +354,10 @@ def test_strided_1d_gets_col2im_for_few_channels_and_im2col_for_a_small_buffer()
         pytest.skip("the heuristic is for CPU")
     s2 = ConvConfig((2,), ((0, 0),), (1,), 1)
     few = C.STRIDED_1D_COL2IM_MAX_C_IN
-    # A 1-tap kernel with stride 2 on 2·rows inputs: the patch buffer is N·rows·C_in floats.
-    rows = C.STRIDED_1D_IM2COL_MAX_BYTES // (4 * few)
-    small = ((1, 2 * rows, few), (1, few, 8), s2)
-    more_rows = ((1, 2 * rows + 2, few), (1, few, 8), s2)
+    # A 2-tap kernel with stride 2 on 2·rows inputs: the patch buffer is N·rows·2·C_in floats.
+    rows = C.STRIDED_1D_IM2COL_MAX_BYTES // (8 * few)
+    small = ((1, 2 * rows, few), (2, few, 8), s2)
+    more_rows = ((1, 2 * rows + 2, few), (2, few, 8), s2)
     assert (C._cols_bytes(*small, jnp.float32) <= C.STRIDED_1D_IM2COL_MAX_BYTES
             < C._cols_bytes(*more_rows, jnp.float32))
     assert C.plan(*small, jnp.float32) == ("xla", "col2im", "im2col")

@@ -29,6 +29,8 @@ SETS = {
     "im2col": ("im2col", "col2im", "im2col"),
     "banded": ("banded", "banded", "banded"),
     "winograd": ("winograd", "winograd", "winograd"),  # only on WINOGRAD's configurations
+    "per_group": ("per_group", "per_group", "per_group"),  # one group where groups == 1
+    "per_group_shifted": ("per_group_shifted",) * 3,
 }
 
 # (x shape, w shape, kwargs), channels_last unless the kwargs say otherwise.

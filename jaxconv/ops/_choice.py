@@ -58,15 +58,18 @@ from jaxconv.ops import _formulations
 
 POLICIES = ("xla", "auto", "measure")
 ROLES = ("forward", "dx", "dw")
+#: The formulations that compute a grouped convolution group by group
+#: (:func:`jaxconv.ops.conv.per_group`): the references', and the shifted products'.
+PER_GROUP = ("per_group", "per_group_shifted")
 #: The formulations of each role: the reference ``"xla"`` first, then dW's reference laid out
-#: channels-last (``"xla_cl"``, :func:`jaxconv.ops.conv.dw_channels_last`), the references group
-#: by group (``"per_group"``, :func:`jaxconv.ops.conv.per_group`), then the faster equivalents.
+#: channels-last (``"xla_cl"``, :func:`jaxconv.ops.conv.dw_channels_last`), the formulations
+#: group by group (:data:`PER_GROUP`), then the faster equivalents.
 NAMES: dict[str, tuple[str, ...]] = {
-    role: ("xla", *(("xla_cl",) if role == "dw" else ()), "per_group",
+    role: ("xla", *(("xla_cl",) if role == "dw" else ()), *PER_GROUP,
            *_formulations.TABLES[role])
     for role in ROLES
 }
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 _ENV_POLICY = "JAXCONV_CONV_POLICY"
 
 
@@ -235,7 +238,7 @@ def eligible(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> tuple[str, 
             or _winograd_bytes(x_shape, w_shape, cfg, dtype) > IM2COL_MAX_BYTES):
         names = tuple(n for n in names if n != "winograd")
     if cfg.groups == 1:
-        names = tuple(n for n in names if n != "per_group")
+        names = tuple(n for n in names if n not in PER_GROUP)
     if role == "dx" and xla_dx_may_abort(x_shape, w_shape, cfg):
         names = tuple(n for n in names if n not in LHS_DILATED_DX)
     return names
@@ -367,11 +370,20 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     XLA:CPU runs a convolution near the matmul rate when it is *plain*: enough channels, no
     groups, no dilation of the input. Where it leaves that regime the rule is computed otherwise:
 
+    - 1×1 kernels (one tap: 1-, 2- or 3-D, any stride): the perceptron's products at every
+      position, ``shifted`` for all three roles (y = x·w, dx = dy·wᵀ, dw = xᵀ·dy), group by
+      group when grouped (``per_group_shifted``; a depthwise 1×1 stays elementwise,
+      ``shifted``). XLA:CPU runs a 1×1 convolution below the rate of the matrix product it is,
+      its dW (a convolution whose kernel is the whole of dy) far below: on the tune set's nine
+      ungrouped 1×1 layers the products ran 1.05–4.7× the twin of XLA's convolution (ResNet's
+      1×1 at batch 16: 59 against 203 ms), the forward alone (XLA's dW kept) 0.84–1.35×; on its
+      seven grouped ones, one product per group ran 0.89–2.00× the twin of the batched shifted
+      products, which themselves ran 0.57–0.79× (forward+backward, forced plans);
     - grouped layers with at least ``PER_GROUP_MIN_C_IN`` input channels per group and more
       than one kernel tap: ``per_group`` for all three roles, one ungrouped XLA convolution per
       group (XLA:CPU's ungrouped convolution runs near the matmul rate, its grouped one far
       below); a dX in XLA:CPU's aborting class is computed as ``shifted`` instead;
-    - other groups (depthwise, few channels per group, 1×1): ``shifted`` for all three roles.
+    - other groups (depthwise, few channels per group): ``shifted`` for all three roles.
       XLA:CPU's grouped convolution runs far below the matmul rate (the README's depthwise
       layer: 5× slower than the shifted products), and the grouped products become batched or
       elementwise ones; but a
@@ -419,7 +431,8 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     (all three looked at: their losses chose which kinds of shapes were added to the tune set)
     and ``HELDOUT4``, written before the single-channel and banded rules were refitted (looked at
     since), ``HELDOUT5``, written before the Winograd rule was fitted, ``HELDOUT6``, before the
-    per-group rule, and ``HELDOUT7``, before the single-channel im2col dW (all looked at since).
+    per-group rule, ``HELDOUT7``, before the single-channel im2col dW (all looked at since), and
+    ``HELDOUT8``, before the 1×1 rule.
     """
     name = _heuristic(role, x_shape, w_shape, cfg, dtype)
     return "xla_cl" if (role, name) == ("dw", "xla") else name
@@ -429,6 +442,8 @@ def _heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     names = eligible(role, x_shape, w_shape, cfg, dtype)
     c_in_g, nd = w_shape[-2], len(w_shape) - 2
     strided = any(s > 1 for s in cfg.stride)
+    if math.prod(w_shape[:-2]) == 1:  # 1×1: the perceptron's products at every position
+        return "per_group_shifted" if cfg.groups > 1 and c_in_g > 1 else "shifted"
     if _per_group_pays(w_shape, cfg, names):
         return "per_group"
     if cfg.groups > 1:

@@ -195,14 +195,18 @@ def dw_channels_last(x: jax.Array, dy: jax.Array, kernel, cfg: ConvConfig) -> ja
 
 
 def per_group(correlation: Callable) -> Callable:
-    """The grouped form of a reference ``correlation(a, b, *static, cfg)``: one ungrouped
-    correlation per group, the results concatenated along the channels.
+    """The grouped form of a role's ``correlation(a, b, *static, cfg)`` (the reference's, or the
+    shifted products'): one ungrouped correlation per group, the results concatenated along the
+    channels.
 
     A grouped convolution is ``groups`` independent convolutions side by side, and every role
     keeps its groups on the last axis of both operands and of the result: the forward's x
     (C_in) and w (C_out) -> y (C_out); dX's dy (C_out) and w (C_out) -> dx (C_in); dW's x (C_in)
     and dy (C_out) -> dw (C_out). XLA:CPU runs a grouped convolution far below its ungrouped
-    rate, the ungrouped ones near the matrix-product rate.
+    rate, the ungrouped ones near the matrix-product rate; and for a 1×1 kernel each group's
+    shifted products are one plain matrix product (the perceptron's y = x·w, dx = dy·wᵀ,
+    dw = xᵀ·dy at every position), where the grouped products are batched ones that XLA:CPU
+    runs slower.
     """
     def grouped(a: jax.Array, b: jax.Array, *static):
         *static, cfg = static
@@ -215,14 +219,18 @@ def per_group(correlation: Callable) -> Callable:
 
 
 #: Every formulation of each role by name: the reference ("xla"), dW's reference laid out
-#: channels-last ("xla_cl"), the references group by group ("per_group") and the faster
-#: equivalents.
-FORWARD: dict[str, Callable] = {"xla": forward_reference, "per_group": per_group(forward_reference),
-                                **_formulations.FORWARD}
-DX: dict[str, Callable] = {"xla": dx_reference, "per_group": per_group(dx_reference),
-                           **_formulations.DX}
-DW: dict[str, Callable] = {"xla": dw_reference, "xla_cl": dw_channels_last,
-                           "per_group": per_group(dw_channels_last), **_formulations.DW}
+#: channels-last ("xla_cl"), the references group by group ("per_group"), the shifted products
+#: group by group ("per_group_shifted": for a 1×1 kernel, one plain matrix product per group) and
+#: the faster equivalents.
+FORWARD: dict[str, Callable] = {
+    "xla": forward_reference, "per_group": per_group(forward_reference),
+    "per_group_shifted": per_group(_formulations.forward_shifted), **_formulations.FORWARD}
+DX: dict[str, Callable] = {
+    "xla": dx_reference, "per_group": per_group(dx_reference),
+    "per_group_shifted": per_group(_formulations.dx_shifted), **_formulations.DX}
+DW: dict[str, Callable] = {
+    "xla": dw_reference, "xla_cl": dw_channels_last, "per_group": per_group(dw_channels_last),
+    "per_group_shifted": per_group(_formulations.dw_shifted), **_formulations.DW}
 TABLES = {"forward": FORWARD, "dx": DX, "dw": DW}
 
 # --------------------------------------------------------------------------------------------
