@@ -150,13 +150,16 @@ def main() -> None:
     info["seconds"] = time.perf_counter() - tic
     for result in results.values():  # per-round lists are long; the medians are kept
         for row in result["rows"]:
-            for times in (*row["forward"].values(), *row["forward_backward"].values()):
+            for times in (*row["forward"].values(), *row["forward_backward"].values(),
+                          row["manual_beside_jax_xla"]):
                 times.pop("rounds", None)
     lines = [
         "# Layer benchmark: tune set and held-out set", "",
         bench.run_header(info, f"float32 matmul {matmul:.1f} GFLOP/s") + " "
         f"Forward+backward (jit of vjp), at least {args.repeats} interleaved rounds (more for "
-        "fast layers, until the calls add up to 1 s), compile excluded. `choice` is the "
+        "fast layers, until the calls add up to 1 s; each timed call after an untimed one of the "
+        "same program, in a shuffled order; manual against the twin and against plain JAX in "
+        "rounds of their own), compile excluded. `choice` is the "
         "forward/dx/dw formulation of the default policy; `vs_autodiff_rounds` is the median "
         "over rounds of autodiff's time / manual's in the same round (> 1: manual is faster), "
         "`vs_autodiff_cpu` the ratio of median process CPU times, `vs_jax_xla_rounds` the same "

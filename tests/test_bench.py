@@ -13,16 +13,21 @@ from jaxconv.cli import main
 from jaxconv.ops import _choice
 
 
-def test_interleaved_runs_every_variant_round_robin():
+def test_interleaved_runs_each_timed_call_after_one_of_its_own_in_shuffled_rounds():
     calls = []
     runners = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    times = bench.interleaved(runners, repeats=4, warmup=1, min_seconds=0.0)
+    times = bench.interleaved(runners, repeats=6, warmup=1, min_seconds=0.0)
     assert calls[:3] == ["a", "b", "c"]  # the warm-up round
-    timed = calls[3:]
-    assert len(timed) == 12 and all(timed.count(n) == 4 for n in "abc")
-    # the order rotates: each round starts with a different variant
-    assert [timed[i] for i in (0, 3, 6, 9)] == ["a", "b", "c", "a"]
-    assert {t["calls"] for t in times.values()} == {4}
+    pairs = calls[3:]
+    assert len(pairs) == 36 and all(pairs.count(n) == 12 for n in "abc")
+    # every timed call follows an untimed call of the same runner
+    assert all(pairs[i] == pairs[i + 1] for i in range(0, 36, 2))
+    rounds = [tuple(pairs[i:i + 6:2]) for i in range(0, 36, 6)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    # shuffled, not rotated: "a" does not always come right after the same runner
+    after = {r[r.index("a") - 1] for r in rounds if r.index("a") > 0}
+    assert len(set(rounds)) > 1 and len(after) > 1, rounds
+    assert {t["calls"] for t in times.values()} == {6}
     assert all(0 <= t["wall_min"] <= t["wall"] for t in times.values())
 
 

@@ -44,6 +44,7 @@ import contextvars
 import json
 import math
 import os
+import random
 import threading
 import time
 from pathlib import Path
@@ -550,14 +551,17 @@ def _runner(x_shape, w_shape, cfg: ConvConfig, dtype, names: tuple[str, str, str
 
 def _time(runners: dict, repeats: int) -> dict:
     """Minimum seconds per call of each runner: one warm-up call each, then ``repeats``
-    round-robin rounds (the minimum is the statistic least disturbed by other load)."""
+    rounds, each in a fresh random order (seeded; a call is slowed by the one before it, and a
+    fixed order would always give a candidate the same predecessor). The minimum is the
+    statistic least disturbed by other load."""
     for run in runners.values():
         run()
     best = {name: math.inf for name in runners}
+    order = random.Random(0)
     for _ in range(repeats):
-        for name, run in runners.items():
+        for name in order.sample(list(runners), len(runners)):
             t0 = time.perf_counter()
-            run()
+            runners[name]()
             best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
