@@ -27,6 +27,9 @@ in one run (see :mod:`jaxconv.bench`). Sets (``jaxconv.bench.SETS``):
   committed before it was first timed and before the single-channel im2col dW was fitted.
 - ``heldout8``: an eighth (``HELDOUT8``: pointwise, 1×1, layers of other architectures, some
   grouped), committed before it was first timed and before a 1×1 rule was fitted.
+- ``heldout9``: a ninth (``HELDOUT9``: 3×3 stride-1 layers with 16 to 63 channels in or out),
+  committed before it was first timed and before the Winograd rule was refitted below 64
+  channels.
 
 The headline statistic is the median over interleaved rounds of autodiff's time / manual's in
 the same round (``vs_autodiff_rounds``); target: at least 0.95 on every layer (the default never
