@@ -285,13 +285,14 @@ def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
         pytest.skip("the heuristic is for CPU")
     same = ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 1)
     strided = ConvConfig((2, 2), ((1, 1),) * 2, (1, 1), 1)
-    wino = ("winograd",) * 3
+    wino = ("winograd", "xla", "winograd")
     cases = [
         (((32, 56, 56, 64), (3, 3, 64, 64), same), wino),  # ResNet 3x3
-        (((128, 14, 14, 32), (3, 3, 32, 64), same), XLA),  # 32 in: XLA
+        (((128, 14, 14, 32), (3, 3, 32, 64), same), wino),  # the Flax MNIST CNN's second layer
+        (((128, 14, 14, 31), (3, 3, 31, 64), same), XLA),  # 31 in: XLA
         (((8, 11, 40, 64), (3, 3, 64, 64), same), XLA),  # 11 rows out: XLA
-        (((8, 12, 12, 64), (3, 3, 64, 63), same), XLA),  # 63 out: XLA
-        (((8, 12, 12, 64), (3, 3, 64, 64), same), wino),  # the smallest Winograd layer
+        (((8, 12, 12, 64), (3, 3, 64, 31), same), XLA),  # 31 out: XLA
+        (((8, 12, 12, 32), (3, 3, 32, 32), same), wino),  # the smallest Winograd layer
         (((16, 48, 48, 1), (3, 3, 1, 8), same), ("shifted", "col2im", "xla_cl")),  # one channel
         (((16, 48, 48, 1), (3, 3, 1, 32), same), ("shifted", "col2im", "im2col")),  # 32 outputs
         (((16, 48, 48, 1), (5, 5, 1, 32), ConvConfig((1, 1), ((2, 2),) * 2, (1, 1), 1)),
