@@ -6,10 +6,11 @@ multiplications per 2×2 output tile and channel pair instead of 36. This script
 buys on this machine, for every 3×3, stride-1, undilated, ungrouped layer of the tune and
 held-out sets and the Flax MNIST CNN's second convolution:
 
-- forward+backward (jit of vjp, inputs, weights and bias) of ``jaxconv.conv`` with one role, then
-  all three, forced to ``winograd``, against ``auto`` (XLA's convolution on these layers) and
-  ``jaxconv.autodiff.conv``, interleaved rounds, medians of per-round ratios (> 1: faster than
-  autodiff);
+- forward+backward (jit of vjp, inputs, weights and bias) of ``jaxconv.conv`` with every role on
+  XLA's convolution, then one role, the forward and dW (``auto``'s plan from ``WINOGRAD_MIN_C``
+  channels), and all three forced to ``winograd``, against plain JAX (``jaxconv.autodiff.conv``
+  under policy ``xla``: XLA's convolution differentiated by JAX), interleaved rounds, medians of
+  per-round ratios (> 1: faster than plain JAX);
 - the forward alone, XLA's convolution against Winograd, and the share of Winograd's forward
   spent in its input transform (V = Bᵀ d B), which is memory traffic: V holds 4 numbers per input
   number, the products' output M 4 per output number;
@@ -43,9 +44,11 @@ from jaxconv.ops import conv as K
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FLAX_CONV2 = bench.Layer("flax_cnn.conv2", (128, 14, 14, 32), (3, 3, 32, 64), padding=1)
-PLANS = {"auto": {}, "forward": {"forward": "winograd"}, "dx": {"dx": "winograd"},
-         "dw": {"dw": "winograd"}, "all": {"forward": "winograd", "dx": "winograd",
-                                           "dw": "winograd"}}
+XLA = {"forward": "xla", "dx": "xla", "dw": "xla_cl"}
+PLANS = {"xla": XLA, "forward": XLA | {"forward": "winograd"}, "dx": XLA | {"dx": "winograd"},
+         "dw": XLA | {"dw": "winograd"},
+         "forward_dw": XLA | {"forward": "winograd", "dw": "winograd"},
+         "all": {"forward": "winograd", "dx": "winograd", "dw": "winograd"}}
 
 
 def layers() -> list[bench.Layer]:
@@ -86,7 +89,7 @@ def bench_one(spec: bench.Layer, repeats: int) -> dict:
             return y, vjp(dy)
         return run
 
-    runners = {"autodiff": _runner(fwd_bwd(jaxconv.autodiff.conv), x, w, b, dy)}
+    runners = {"jax_xla": _runner(fwd_bwd(jaxconv.autodiff.conv), x, w, b, dy, policy="xla")}
     for name, plan in PLANS.items():
         runners[name] = _runner(fwd_bwd(jaxconv.conv), x, w, b, dy, plan=plan)
     cfg = spec.config()
@@ -98,30 +101,34 @@ def bench_one(spec: bench.Layer, repeats: int) -> dict:
         "fwd_input_transform": _runner(lambda x: F._winograd_tiles(x, cfg.padding, tiles), x),
     }
     times = bench.interleaved(runners | forward, repeats)
-    base = np.array(times["autodiff"]["rounds"])
+    base = np.array(times["jax_xla"]["rounds"])
     ratios = {name: float(np.median(base / np.array(times[name]["rounds"]))) for name in PLANS}
     ms = {name: t["wall"] * 1e3 for name, t in times.items()}
     return {"layer": spec.name, "x": spec.x, "w": spec.w, "gflops_forward": spec.flops() / 1e9,
-            "vs_autodiff": ratios, "ms": ms, "float32_error": float32_errors(spec)}
+            "vs_jax_xla": ratios, "ms": ms, "float32_error": float32_errors(spec)}
 
 
 def markdown(rows: list[dict], info: dict) -> list[str]:
-    head = ("| layer | auto | winograd fwd | winograd dx | winograd dw | all winograd | "
-            "fwd ms xla | fwd ms winograd | of it, input transform | f32 error fwd/dx/dw |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| layer | xla | winograd fwd | winograd dx | winograd dw | winograd fwd+dw | "
+            "all winograd | fwd ms xla | fwd ms winograd | of it, input transform | "
+            "f32 error fwd/dx/dw |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
-        v, ms, e = r["vs_autodiff"], r["ms"], r["float32_error"]
+        v, ms, e = r["vs_jax_xla"], r["ms"], r["float32_error"]
         lines.append(
-            f"| {r['layer']} | {v['auto']:.2f} | {v['forward']:.2f} | {v['dx']:.2f} | "
-            f"{v['dw']:.2f} | {v['all']:.2f} | {ms['fwd_xla']:.2f} | {ms['fwd_winograd']:.2f} | "
+            f"| {r['layer']} | {v['xla']:.2f} | {v['forward']:.2f} | {v['dx']:.2f} | "
+            f"{v['dw']:.2f} | {v['forward_dw']:.2f} | {v['all']:.2f} | {ms['fwd_xla']:.2f} | "
+            f"{ms['fwd_winograd']:.2f} | "
             f"{ms['fwd_input_transform']:.2f} | "
             + "/".join(f"{e[k]:.1e}" for k in ("forward", "dx", "dw")) + " |")
     intro = [
         "# Winograd F(2×2, 3×3) against XLA's convolution (issue #11 §3)", "",
-        bench.run_header(info, "float32") + " Forward+backward (jit of vjp) speed-ups over "
-        "`jaxconv.autodiff.conv`, medians of per-round ratios of interleaved calls (> 1: "
-        "faster); `auto` is the default (XLA's convolution for every role on these layers); "
-        "the winograd columns force one role, or all three. The forward columns time the "
+        bench.run_header(info, "float32") + " Forward+backward (jit of vjp) speed-ups of "
+        "`jaxconv.conv` over plain JAX (XLA's convolution differentiated by JAX), medians of "
+        "per-round ratios of interleaved calls (> 1: faster); `xla` forces XLA's convolution "
+        "for every role (dW channels-last), the winograd columns force one role, the forward "
+        "and dW (`auto`'s plan on these layers from 32 channels in and out), or all three. The "
+        "forward columns time the "
         "forward alone (wall medians) and Winograd's input transform alone; the error is the "
         "float32 result's largest deviation from the float64 reference over the result's "
         "largest magnitude.", ""]
@@ -141,7 +148,7 @@ def main() -> None:
     rows = []
     for spec in specs:
         rows.append(bench_one(spec, args.repeats))
-        print(json.dumps({k: rows[-1][k] for k in ("layer", "vs_autodiff", "float32_error")}),
+        print(json.dumps({k: rows[-1][k] for k in ("layer", "vs_jax_xla", "float32_error")}),
               flush=True)
     info["load_after"] = list(os.getloadavg())
     info["seconds"] = time.perf_counter() - tic
