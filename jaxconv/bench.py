@@ -373,8 +373,7 @@ HELDOUT9: tuple[Layer, ...] = (
 
 SETS = {"readme": LAYERS, "tune": LAYERS + TUNE_EXTRA, "heldout": HELDOUT, "heldout2": HELDOUT2,
         "heldout3": HELDOUT3, "heldout4": HELDOUT4, "heldout5": HELDOUT5, "heldout6": HELDOUT6,
-        "heldout7": HELDOUT7, "heldout8": HELDOUT8,
-        "heldout9": HELDOUT9}
+        "heldout7": HELDOUT7, "heldout8": HELDOUT8, "heldout9": HELDOUT9}
 
 #: Training steps: (batch shape, classes, model hyperparameters). LeNet-5 with its original
 #: widths (6, 16), as in PyTorch's model below; cnn1d as jaxconv.models builds it.
@@ -386,8 +385,7 @@ TRAIN_STEPS = {
 
 def layer(name: str) -> Layer:
     """A layer of the suite, the tuning shapes or a held-out set, by name."""
-    known = (LAYERS + TUNE_EXTRA + HELDOUT + HELDOUT2 + HELDOUT3 + HELDOUT4 + HELDOUT5
-             + HELDOUT6 + HELDOUT7 + HELDOUT8 + HELDOUT9)
+    known = list(dict.fromkeys(spec for group in SETS.values() for spec in group))
     for spec in known:
         if spec.name == name:
             return spec

@@ -438,9 +438,9 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     (all three looked at: their losses chose which kinds of shapes were added to the tune set)
     and ``HELDOUT4``, written before the single-channel and banded rules were refitted (looked at
     since), ``HELDOUT5``, written before the Winograd rule was fitted, ``HELDOUT6``, before the
-    per-group rule, ``HELDOUT7``, before the single-channel im2col dW (all looked at since), and
-    ``HELDOUT8``, before the 1×1 rule, and ``HELDOUT9``, before the Winograd rule was refitted
-    below 64 channels.
+    per-group rule, ``HELDOUT7``, before the single-channel im2col dW, ``HELDOUT8``, before the
+    1×1 rule, and ``HELDOUT9``, before the Winograd rule was refitted below 64 channels (all
+    looked at since).
     """
     name = _heuristic(role, x_shape, w_shape, cfg, dtype)
     return "xla_cl" if (role, name) == ("dw", "xla") else name
