@@ -323,16 +323,16 @@ STRIDED_DEPTHWISE_XLA_DW_MAX_C = 32
 # Winograd F(2×2, 3×3) for the forward and dW (they transform the same input tiles, which XLA
 # computes once), XLA's dX, on 3×3 stride-1 layers with enough channels and outputs. First fitted
 # (all three roles on Winograd) on the tune set's 3×3 "SAME" layers with the old harness, which
-# rotated a fixed order of calls (experiments/bench_winograd.py): from 64 channels in and out and
-# outputs ≥ 12×12 all five won (1.08–2.17× the twin); 32 channels won twice and lost on the Flax
-# MNIST CNN's second layer (0.78×, 0.80×). Refitted with the harness that runs each timed call
-# after one of its own (forward+backward against plain JAX, quiet machine): Winograd's dX lost to
-# XLA's on that layer (Winograd for all three 1.09–1.16× the twin, XLA's dX 1.46×) and on the tune
-# set from 32 channels on (w3.c32.b32.16 1.17× against 1.02×, w3.c32.c64.b64.12 2.05× against
-# 1.81×, w3.c48.b32.24 3.12× against 1.49×; from 64 channels a geometric mean of 1.78× against
-# 1.70× over five layers, ResNet's 3×3 at batch 32 1.67× against 1.42×); 16 channels lost either way
-# (0.88×, 0.65×), and 7×7 and 4×4 outputs with 256 and 512 channels lost or tied (0.91–1.20×,
-# 0.20–0.91×).
+# rotated a fixed order of calls: from 64 channels in and out and outputs ≥ 12×12 all five won
+# (1.08–2.17× the twin); 32 channels won twice and lost on the Flax MNIST CNN's second layer
+# (0.78×, 0.80×). Refitted with the harness that runs each timed call after one of its own
+# (experiments/bench_winograd.py, results/bench_winograd_refit.md: forward+backward against plain
+# JAX, quiet machine), the forward and dW on Winograd with XLA's dX against all three on Winograd:
+# the Flax CNN's layer 1.62× against 1.08×, and from 32 channels w3.c32.b32.16 1.15× against
+# 0.97×, w3.c32.c64.b64.12 1.93× against 1.74×, w3.c48.b32.24 2.92× against 1.57×; from 64
+# channels 1.84× against 1.78× and ResNet's 3×3 at batch 8 2.31× against 1.76×, but at batch 2
+# and 4 with 96 and 128 channels Winograd's dX won (1.59× against 1.82×, 1.34× against 1.47×);
+# 16 channels lost either way (0.77×, 0.56×), and so did 7×7 outputs with all three (0.86×).
 WINOGRAD_MIN_C = 32
 WINOGRAD_MIN_OUT = 12
 
