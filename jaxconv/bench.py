@@ -160,6 +160,12 @@ TUNE_EXTRA: tuple[Layer, ...] = (
     Layer("g8.1x1.c16.b16", (16, 14, 14, 128), (1, 1, 16, 128), groups=8),
     Layer("g8.s2.c16.b8", (8, 28, 28, 128), (3, 3, 16, 128), stride=2, padding=1, groups=8),
     Layer("g8.1d.c16.b8", (8, 2000, 128), (3, 16, 128), padding=1, groups=8),
+    # Added to refit Winograd's dX at small batch: 3×3 "SAME" layers at batch 1 to 4.
+    Layer("w3.c32.b2.56", (2, 56, 56, 32), (3, 3, 32, 32), padding=1),
+    Layer("w3.c64.b1.28", (1, 28, 28, 64), (3, 3, 64, 64), padding=1),
+    Layer("w3.c48.b4.32", (4, 32, 32, 48), (3, 3, 48, 48), padding=1),
+    Layer("w3.c256.b2.14", (2, 14, 14, 256), (3, 3, 256, 256), padding=1),
+    Layer("w3.c128.b8.14", (8, 14, 14, 128), (3, 3, 128, 128), padding=1),
     # Added to fit the 1×1 rule: pointwise layers, 8 to 1024 channels, batch 1 to 64, strided,
     # 1-D and 3-D, grouped; none of them a held-out layer.
     Layer("pw.c32.c64.b32.32", (32, 32, 32, 32), (1, 1, 32, 64)),

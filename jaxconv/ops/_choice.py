@@ -333,6 +333,9 @@ STRIDED_DEPTHWISE_XLA_DW_MAX_C = 32
 # channels 1.84× against 1.78× and ResNet's 3×3 at batch 8 2.31× against 1.76×, but at batch 2
 # and 4 with 96 and 128 channels Winograd's dX won (1.59× against 1.82×, 1.34× against 1.47×);
 # 16 channels lost either way (0.77×, 0.56×), and so did 7×7 outputs with all three (0.86×).
+# Whether small batches want Winograd's dX was then tried on five more tune layers at batch 1 to 8
+# (results/bench_winograd_small_batch.md): the forward+dW plan won or tied on all five (1.06–1.41×
+# against 0.92–1.32×), so the two losses above are not a batch rule, and no dX rule was fitted.
 WINOGRAD_MIN_C = 32
 WINOGRAD_MIN_OUT = 12
 
