@@ -358,13 +358,8 @@ SINGLE_CHANNEL_IM2COL_DW_MIN_C_OUT = 32
 # and 3-tap or 3×3 kernels all five won over the shifted products (1.48–3.92× against 1.01–1.19×,
 # 3.4–44.7× over plain JAX), strided and 1-D included; 4 channels per group tied (1.15× against
 # 1.06×), 2 lost (1.27× against 1.42×), and 1×1 kernels lost or tied (0.63–1.00× against
-# 0.61–1.10×): there the shifted products stay.
+# 0.61–1.10×): those are the 1×1 rule's (one matrix product per group).
 PER_GROUP_MIN_C_IN = 8
-
-
-def _per_group_pays(w_shape, cfg: ConvConfig, names) -> bool:
-    return ("per_group" in names and cfg.groups > 1 and w_shape[-2] >= PER_GROUP_MIN_C_IN
-            and math.prod(w_shape[:-2]) > 1)
 
 
 def _winograd_pays(x_shape, w_shape, cfg: ConvConfig, names) -> bool:
@@ -453,9 +448,10 @@ def _heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     names = eligible(role, x_shape, w_shape, cfg, dtype)
     c_in_g, nd = w_shape[-2], len(w_shape) - 2
     strided = any(s > 1 for s in cfg.stride)
-    if math.prod(w_shape[:-2]) == 1:  # 1×1: the perceptron's products at every position
+    taps = math.prod(w_shape[:-2])
+    if taps == 1:  # 1×1: the perceptron's products at every position
         return "per_group_shifted" if cfg.groups > 1 and c_in_g > 1 else "shifted"
-    if _per_group_pays(w_shape, cfg, names):
+    if "per_group" in names and c_in_g >= PER_GROUP_MIN_C_IN:  # eligible only when grouped
         return "per_group"
     if cfg.groups > 1:
         depthwise = c_in_g == 1 and x_shape[-1] == cfg.groups
@@ -473,7 +469,7 @@ def _heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     if one_channel and role == "forward":
         return "shifted"
     if (one_channel and role == "dw" and "im2col" in names
-            and math.prod(w_shape[:-2]) <= SINGLE_CHANNEL_IM2COL_DW_MAX_TAPS
+            and taps <= SINGLE_CHANNEL_IM2COL_DW_MAX_TAPS
             and w_shape[-1] >= SINGLE_CHANNEL_IM2COL_DW_MIN_C_OUT):
         return "im2col"
     if role == "dx" and (one_channel or (strided and nd == 1
