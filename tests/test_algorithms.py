@@ -310,8 +310,10 @@ def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
          ("shifted", "shifted", "shifted")),  # depthwise
         (((8, 28, 28, 64), (3, 3, 8, 64), ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 8)),
          ("per_group",) * 3),  # 8 channels per group: one XLA convolution per group
-        (((8, 28, 28, 64), (3, 3, 7, 56), ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 8)),
-         ("shifted",) * 3),  # 7 per group: shifted
+        (((8, 28, 28, 64), (3, 3, 2, 64), ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 32)),
+         ("per_group",) * 3),  # 2 per group: the same
+        (((8, 28, 28, 64), (5, 5, 1, 128), ConvConfig((1, 1), ((2, 2),) * 2, (1, 1), 64)),
+         ("shifted",) * 3),  # depthwise with a channel multiplier: shifted
         (((8, 28, 28, 256), (1, 1, 128, 256), ConvConfig((1, 1), ((0, 0),) * 2, (1, 1), 2)),
          ("per_group_shifted",) * 3),  # 1×1 grouped: one matrix product per group
         (((8, 28, 28, 128), (1, 1, 4, 128), ConvConfig((2, 2), ((0, 0),) * 2, (1, 1), 32)),
@@ -333,7 +335,8 @@ def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
 
 def test_strided_depthwise_with_few_channels_keeps_xlas_dw():
     """Depthwise, strided, at most STRIDED_DEPTHWISE_XLA_DW_MAX_C channels: XLA's dW, the
-    forward and dX shifted; one channel more, unstrided, or grouped but not depthwise: shifted."""
+    forward and dX shifted; one channel more or unstrided: shifted; grouped but not depthwise:
+    per_group."""
     if jax.default_backend() != "cpu":
         pytest.skip("the heuristic is for CPU")
 
@@ -345,7 +348,7 @@ def test_strided_depthwise_with_few_channels_keeps_xlas_dw():
     assert C.plan(*depthwise(few, 2), jnp.float32) == ("shifted", "shifted", "xla_cl")
     assert C.plan(*depthwise(few + 1, 2), jnp.float32) == ("shifted",) * 3
     assert C.plan(*depthwise(few, 1), jnp.float32) == ("shifted",) * 3
-    assert C.plan(*depthwise(few, 2, c_in_g=2), jnp.float32) == ("shifted",) * 3
+    assert C.plan(*depthwise(few, 2, c_in_g=2), jnp.float32) == ("per_group",) * 3
 
 
 def test_strided_1d_gets_col2im_for_few_channels_and_im2col_for_a_small_buffer():

@@ -351,15 +351,20 @@ SINGLE_CHANNEL_IM2COL_DW_MAX_TAPS = 9
 SINGLE_CHANNEL_IM2COL_DW_MIN_C_OUT = 32
 
 
-# Grouped (not depthwise) layers: one ungrouped XLA convolution per group for all three roles
-# (``per_group``), where each group has at least this many input channels and the kernel more than
-# one tap. Fitted on the tune set's ten grouped layers (forward+backward against the autodiff
-# twin, which differentiates the shifted forward, quiet machine): with 8 to 64 channels per group
-# and 3-tap or 3×3 kernels all five won over the shifted products (1.48–3.92× against 1.01–1.19×,
-# 3.4–44.7× over plain JAX), strided and 1-D included; 4 channels per group tied (1.15× against
-# 1.06×), 2 lost (1.27× against 1.42×), and 1×1 kernels lost or tied (0.63–1.00× against
-# 0.61–1.10×): those are the 1×1 rule's (one matrix product per group).
-PER_GROUP_MIN_C_IN = 8
+# Grouped (not depthwise) layers with more than one tap: one ungrouped XLA convolution per group
+# for all three roles (``per_group``), from two input channels per group. First fitted (old
+# harness) on the tune set's ten grouped layers with a floor of 8 channels per group: with 8 to 64
+# channels per group all five won over the shifted products (1.48–3.92× against 1.01–1.19× the
+# autodiff twin); 4 channels per group had read a tie (1.15× against 1.06×) and 2 a loss (1.27×
+# against 1.42×). heldout6's SKNet layer (5×5, 4 per group) then lost on the shifted products
+# (0.81× the twin). Re-measured with the corrected harness (forced plans, forward+backward against
+# the twin of the shifted forward), per_group won on all six tune layers with 2 to 4 channels per
+# group: g16.c4.b8 2.72× (shifted 0.96×), g32.c2.b8 2.52× (1.16×), g32.5x5.c4.b16.14 3.98×
+# (0.83×), g16.1d.k9.c4.b8 3.27× (1.01×), g128.c2.b4.56 3.24× (0.96×), g32.7x7.c3.b16 9.8×
+# (0.93×). Its cost is compile time, one convolution per group and role: 2.6 s against 1.1 s for
+# the shifted products at 32 groups, 6–12 s against 1.1 s at 128 groups (a ``lax.map`` over the
+# groups compiled in 0.6 s but ran 8–23% slower: the groups' transposes).
+PER_GROUP_MIN_C_IN = 2
 
 
 def _winograd_pays(x_shape, w_shape, cfg: ConvConfig, names) -> bool:
@@ -384,11 +389,12 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
       1×1 at batch 16: 59 against 203 ms), the forward alone (XLA's dW kept) 0.84–1.35×; on its
       seven grouped ones, one product per group ran 0.89–2.00× the twin of the batched shifted
       products, which themselves ran 0.57–0.79× (forward+backward, forced plans);
-    - grouped layers with at least ``PER_GROUP_MIN_C_IN`` input channels per group and more
-      than one kernel tap: ``per_group`` for all three roles, one ungrouped XLA convolution per
-      group (XLA:CPU's ungrouped convolution runs near the matmul rate, its grouped one far
-      below); a dX in XLA:CPU's aborting class is computed as ``shifted`` instead;
-    - other groups (depthwise, few channels per group): ``shifted`` for all three roles.
+    - grouped layers with at least ``PER_GROUP_MIN_C_IN`` input channels per group (all but
+      depthwise ones) and more than one kernel tap: ``per_group`` for all three roles, one
+      ungrouped XLA convolution per group (XLA:CPU's ungrouped convolution runs near the matmul
+      rate, its grouped one far below); a dX in XLA:CPU's aborting class is computed as
+      ``shifted`` instead;
+    - depthwise layers (one input channel per group): ``shifted`` for all three roles.
       XLA:CPU's grouped convolution runs far below the matmul rate (the README's depthwise
       layer: 5× slower than the shifted products), and the grouped products become batched or
       elementwise ones; but a
@@ -437,8 +443,9 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     and ``HELDOUT4``, written before the single-channel and banded rules were refitted (looked at
     since), ``HELDOUT5``, written before the Winograd rule was fitted, ``HELDOUT6``, before the
     per-group rule, ``HELDOUT7``, before the single-channel im2col dW, ``HELDOUT8``, before the
-    1×1 rule, and ``HELDOUT9``, before the Winograd rule was refitted below 64 channels (all
-    looked at since).
+    1×1 rule, ``HELDOUT9``, before the Winograd rule was refitted below 64 channels, and
+    ``HELDOUT10``, before the per-group rule was refitted below 8 channels per group (all looked
+    at since).
     """
     name = _heuristic(role, x_shape, w_shape, cfg, dtype)
     return "xla_cl" if (role, name) == ("dw", "xla") else name
