@@ -47,6 +47,7 @@ Usage::
     python experiments/bench_layers.py                          # tune + held-out, no PyTorch
     python experiments/bench_layers.py --sets readme --torch    # the README's table
     python experiments/bench_layers.py --layers vgg.conv3 --repeats 20
+    python experiments/bench_layers.py --sets heldout10 --plans shifted/shifted/shifted
     python experiments/bench_layers.py --calibrate --sets tune
 
 Writes ``experiments/results/bench_layers.{md,json}`` (``bench_calibration.{md,json}`` with
@@ -109,6 +110,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--torch", action="store_true",
                         help="also time PyTorch (in a process of its own)")
+    parser.add_argument("--plans", nargs="+", default=[], metavar="FORWARD/DX/DW",
+                        help="also time the default against these forced plans, in rounds of "
+                             "their own (column vs_PLAN: the plan's time / the default's)")
     parser.add_argument("--calibrate", action="store_true")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
 
@@ -147,10 +151,13 @@ def main() -> None:
         rows = []
         for spec in specs:
             rows.append(bench.bench_layer(spec, args.repeats, torch=args.torch))
+            rows[-1]["vs_plans"] = bench.bench_plans(spec, args.plans, args.repeats)
             fb = rows[-1]["forward_backward"]
             print(f"{name} {spec.name}: manual {fb['manual']['wall'] * 1e3:.2f} ms, vs autodiff "
                   f"{bench.round_ratio(fb['autodiff'], fb['manual']):.2f}x", flush=True)
         table = bench.layer_table(rows, matmul)
+        for row, r in zip(table, rows, strict=True):
+            row.update({f"vs_{plan}": ratio for plan, ratio in r["vs_plans"].items()})
         results[name] = {"rows": rows, "table": table, "summary": summary(table)}
     info["load_after"] = list(os.getloadavg())
     info["seconds"] = time.perf_counter() - tic
@@ -169,12 +176,16 @@ def main() -> None:
         "forward/dx/dw formulation of the default policy; `vs_autodiff_rounds` is the median "
         "over rounds of autodiff's time / manual's in the same round (> 1: manual is faster), "
         "`vs_autodiff_cpu` the ratio of median process CPU times, `vs_jax_xla_rounds` the same "
-        "against plain JAX (XLA's convolution differentiated by JAX).", "",
+        "against plain JAX (XLA's convolution differentiated by JAX)"
+        + ("; `vs_PLAN` is the median over rounds of manual's time under the forced plan "
+           "PLAN (forward/dx/dw) / its time under the default policy, in rounds of their own "
+           "(> 1: the default is faster)." if args.plans else "."), "",
     ]
     for name, result in results.items():
         s = result["summary"]
-        table = [{k: r[k] for k in COLUMNS if k != "fb_torch_ms" or args.torch}
-                 for r in result["table"]]
+        columns = [k for k in COLUMNS if k != "fb_torch_ms" or args.torch]
+        columns += [f"vs_{plan}" for plan in args.plans]
+        table = [{k: r[k] for k in columns} for r in result["table"]]
         lines += [
             f"## {name} ({s['layers']} layers)", "", bench.markdown(table), "",
             f"Speed-up of manual over autodiff: geometric mean {s['geomean_vs_autodiff']:.2f}x, "

@@ -557,18 +557,39 @@ def forward_backward_runners(spec: Layer) -> tuple[dict[str, Callable[[], Any]],
 
     x, w, b, dy = _layer_inputs(spec, jax.random.key(0))
     kw = spec.kwargs()
-
-    def fwd_bwd(op):
-        def run(x, w, b, dy):  # y is returned too: a vjp's unused y is dead code XLA removes
-            y, vjp = jax.vjp(lambda x, w, b: op(x, w, b, **kw), x, w, b)
-            return y, vjp(dy)
-        return run
-
     return {
-        "manual": compile_call(fwd_bwd(jaxconv.conv), x, w, b, dy),
-        "autodiff": compile_call(fwd_bwd(jaxconv.autodiff.conv), x, w, b, dy),
-        "jax_xla": compile_call(fwd_bwd(jaxconv.autodiff.conv), x, w, b, dy, policy="xla"),
+        "manual": compile_call(_fwd_bwd(jaxconv.conv, kw), x, w, b, dy),
+        "autodiff": compile_call(_fwd_bwd(jaxconv.autodiff.conv, kw), x, w, b, dy),
+        "jax_xla": compile_call(_fwd_bwd(jaxconv.autodiff.conv, kw), x, w, b, dy, policy="xla"),
     }, (x, w, b, dy)
+
+
+def _fwd_bwd(op: Callable, kw: dict) -> Callable:
+    """(x, w, b, dy) -> (y, (dx, dw, db)) of ``op(x, w, b, **kw)``: a new function on every call,
+    so that no jit cache hands one policy's program to another."""
+    def run(x, w, b, dy):  # y is returned too: a vjp's unused y is dead code XLA removes
+        y, vjp = jax.vjp(lambda x, w, b: op(x, w, b, **kw), x, w, b)
+        return y, vjp(dy)
+    return run
+
+
+def bench_plans(spec: Layer, plans, repeats: int = 10) -> dict[str, float]:
+    """``jaxconv.conv``'s forward+backward under the default policy against each forced plan
+    (``"forward/dx/dw"``, e.g. ``"shifted/shifted/shifted"``), all in the same interleaved
+    rounds: ``{plan: median over rounds of the plan's time / the default's}`` (> 1: the default
+    is faster). The evidence that a rule chose better than the plan it replaced."""
+    import jaxconv
+
+    for plan in plans:
+        if not isinstance(plan, str) or plan.count("/") != 2:
+            raise ValueError(f"plans must be 'forward/dx/dw' strings, got {plan!r}")
+    x, w, b, dy = _layer_inputs(spec, jax.random.key(0))
+    runners = {"default": compile_call(_fwd_bwd(jaxconv.conv, spec.kwargs()), x, w, b, dy)}
+    for plan in plans:
+        with jaxconv.use(*plan.split("/")):
+            runners[plan] = compile_call(_fwd_bwd(jaxconv.conv, spec.kwargs()), x, w, b, dy)
+    times = interleaved(runners, repeats)
+    return {plan: round_ratio(times[plan], times["default"]) for plan in plans}
 
 
 def bench_layer(spec: Layer, repeats: int = 10, torch: bool = True) -> dict:

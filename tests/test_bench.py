@@ -69,6 +69,31 @@ def test_forward_backward_programs_compute_the_forward():
     assert (y.shape, dx.shape, dw.shape, db.shape) == (spec.out(), x.shape, w.shape, b.shape)
 
 
+def test_bench_plans_times_the_default_against_each_forced_plan(monkeypatch):
+    """bench_plans compiles each plan under its forced formulations (the plan's forward is
+    traced) and reports the plan's time over the default's, round by round."""
+    from jaxconv.ops import conv as K
+
+    traced = []
+    im2col = K.FORWARD["im2col"]
+    monkeypatch.setitem(K.FORWARD, "im2col", lambda *a: traced.append(a) or im2col(*a))
+    spec = bench.Layer("t", (2, 9, 8, 3), (3, 3, 3, 4), stride=2, padding=1)
+    rounds = {"default": [1.0, 2.0, 3.0], "im2col/xla/xla_cl": [3.0, 4.0, 3.0]}
+
+    def fake_interleaved(runners, repeats):
+        assert set(runners) == set(rounds) and repeats == 3
+        for run in runners.values():
+            run()
+        return {k: {"rounds": v} for k, v in rounds.items()}
+
+    monkeypatch.setattr(bench, "interleaved", fake_interleaved)
+    assert bench.bench_plans(spec, ["im2col/xla/xla_cl"], repeats=3) == {
+        "im2col/xla/xla_cl": 2.0}  # median of 3, 2, 1
+    assert traced, "the forced plan's forward was never traced"
+    with pytest.raises(ValueError, match="forward/dx/dw"):
+        bench.bench_plans(spec, ["im2col/xla"], repeats=3)
+
+
 def test_pytorch_is_optional(monkeypatch):
     """Without PyTorch the comparison is skipped (None), never an error."""
     monkeypatch.setattr(bench, "_torch_version", lambda: None)
