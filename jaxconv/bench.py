@@ -187,6 +187,16 @@ TUNE_EXTRA: tuple[Layer, ...] = (
     Layer("g16.1d.k9.c4.b8", (8, 1000, 64), (9, 4, 64), padding=4, groups=16),
     Layer("g128.c2.b4.56", (4, 56, 56, 256), (3, 3, 2, 256), padding=1, groups=128),
     Layer("g32.7x7.c3.b16", (16, 28, 28, 96), (7, 7, 3, 96), padding=3, groups=32),
+    # Added to fit the depthwise dW image by image: depthwise layers with small maps at large
+    # batch, 1-D and 3-D; none of them a held-out layer.
+    Layer("dw3.c320.b128.7", (128, 7, 7, 320), (3, 3, 1, 320), padding=1, groups=320),
+    Layer("dw5.c96.b64.14", (64, 14, 14, 96), (5, 5, 1, 96), padding=2, groups=96),
+    Layer("dw3.c64.b512.8", (512, 8, 8, 64), (3, 3, 1, 64), padding=1, groups=64),
+    Layer("dw1d.k9.c128.b16", (16, 2000, 128), (9, 1, 128), padding=4, groups=128),
+    Layer("dw1d.k5.c64.b8", (8, 1000, 64), (5, 1, 64), padding=2, groups=64),
+    Layer("dw3d.c64.b4", (4, 8, 32, 32, 64), (3, 3, 3, 1, 64), padding=1, groups=64),
+    Layer("dw3d.s2.c32.b8", (8, 16, 16, 16, 32), (3, 3, 3, 1, 32), stride=2, padding=1,
+          groups=32),
 )
 
 #: The held-out set: layers of other architectures, batch 1 to 64, 1-, 2- and 3-D, strides,

@@ -11,6 +11,7 @@ being missing, corrupt or stale; and the policy "xla" must switch every alternat
 
 import json
 import math
+from unittest import mock
 
 import hypothesis.strategies as st
 import jax
@@ -25,6 +26,7 @@ import jaxconv.autodiff
 from jaxconv import _geometry
 from jaxconv._geometry import ConvConfig
 from jaxconv.ops import _choice as C
+from jaxconv.ops import _formulations as F
 from jaxconv.ops import conv as K
 
 # A modest share of the active profile: each example compiles up to nine formulations.
@@ -110,7 +112,8 @@ def test_every_formulation_equals_the_reference(problem):
 @settings(max_examples=EXAMPLES)
 @given(problems(), st.sampled_from(["shifted", "im2col", "banded", *C.PER_GROUP]),
        st.sampled_from(["shifted", "col2im", "banded", *C.PER_GROUP]),
-       st.sampled_from(["shifted", "im2col", "banded", "xla_cl", *C.PER_GROUP]))
+       st.sampled_from(["shifted", "im2col", "banded", "xla_cl", "shifted_per_image",
+                        *C.PER_GROUP]))
 def test_manual_gradients_equal_jax_grad_under_every_forced_formulation(problem, fwd, dx, dw):
     """The core issue's check, for forced formulations: manual grads == jax.grad of XLA conv."""
     x_shape, w_shape, cfg, seed = problem
@@ -132,6 +135,22 @@ def test_manual_gradients_equal_jax_grad_under_every_forced_formulation(problem,
             reference = jax.jit(jax.value_and_grad(loss(jaxconv.autodiff.conv),
                                                    argnums=(0, 1, 2)))(x, w, b)
     jax.tree.map(_close, manual, reference)
+
+
+@settings(max_examples=EXAMPLES)
+@given(problems(max_nd=3), st.integers(2, 5))
+def test_dw_image_by_image_adds_up_to_the_whole_batchs(problem, batch):
+    """shifted_per_image over a batch larger than PER_IMAGE_MIN_BYTES (a scan over the images)
+    equals the reference dW (float64)."""
+    x_shape, w_shape, cfg, seed = problem
+    x, _, dy = _arrays((batch, *x_shape[1:]), w_shape, cfg, seed)
+    kernel = tuple(w_shape[:-2])
+    per_image = K.DW["shifted_per_image"]
+    with mock.patch.object(F, "PER_IMAGE_MIN_BYTES", dy.size * dy.dtype.itemsize - 1):
+        jaxpr = jax.make_jaxpr(lambda x, dy: per_image(x, dy, kernel, cfg))(x, dy)
+        got = jax.jit(lambda x, dy: per_image(x, dy, kernel, cfg))(x, dy)
+    assert "scan" in str(jaxpr)  # image by image
+    _close(got, jax.jit(lambda x, dy: K.DW["xla"](x, dy, kernel, cfg))(x, dy))
 
 
 def test_autodiff_differentiates_the_shared_forward_choice():
@@ -307,13 +326,13 @@ def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
         (((100, 19, 25), (3, 25, 25), ConvConfig((2,), ((1, 1),), (1,), 1)),
          ("xla", "col2im", "im2col")),  # strided 1-D
         (((32, 56, 56, 64), (3, 3, 1, 64), ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 64)),
-         ("shifted", "shifted", "shifted")),  # depthwise
+         ("shifted", "shifted", "shifted_per_image")),  # depthwise: dW image by image
         (((8, 28, 28, 64), (3, 3, 8, 64), ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 8)),
          ("per_group",) * 3),  # 8 channels per group: one XLA convolution per group
         (((8, 28, 28, 64), (3, 3, 2, 64), ConvConfig((1, 1), ((1, 1),) * 2, (1, 1), 32)),
          ("per_group",) * 3),  # 2 per group: the same
         (((8, 28, 28, 64), (5, 5, 1, 128), ConvConfig((1, 1), ((2, 2),) * 2, (1, 1), 64)),
-         ("shifted",) * 3),  # depthwise with a channel multiplier: shifted
+         ("shifted", "shifted", "shifted_per_image")),  # depthwise with a channel multiplier
         (((8, 28, 28, 256), (1, 1, 128, 256), ConvConfig((1, 1), ((0, 0),) * 2, (1, 1), 2)),
          ("per_group_shifted",) * 3),  # 1×1 grouped: one matrix product per group
         (((8, 28, 28, 128), (1, 1, 4, 128), ConvConfig((2, 2), ((0, 0),) * 2, (1, 1), 32)),
@@ -333,22 +352,21 @@ def test_auto_leaves_xla_except_where_the_tune_set_showed_a_win():
         assert C.plan(*problem, jnp.float32) == expected, problem
 
 
-def test_strided_depthwise_with_few_channels_keeps_xlas_dw():
-    """Depthwise, strided, at most STRIDED_DEPTHWISE_XLA_DW_MAX_C channels: XLA's dW, the
-    forward and dX shifted; one channel more or unstrided: shifted; grouped but not depthwise:
-    per_group."""
+def test_depthwise_dw_runs_image_by_image_in_2d_and_3d():
+    """Depthwise, any stride or channel count: the forward and dX shifted, dW shifted image by
+    image in 2-D and 3-D, shifted in 1-D; grouped but not depthwise: per_group."""
     if jax.default_backend() != "cpu":
         pytest.skip("the heuristic is for CPU")
 
-    def depthwise(c, stride, c_in_g=1):
-        cfg = ConvConfig((stride,) * 2, ((1, 1),) * 2, (1, 1), c // c_in_g)
-        return (2, 16, 16, c), (3, 3, c_in_g, c), cfg
+    def grouped(c, stride, nd=2, c_in_g=1):
+        cfg = ConvConfig((stride,) * nd, ((1, 1),) * nd, (1,) * nd, c // c_in_g)
+        return (2, *(16,) * nd, c), (*(3,) * nd, c_in_g, c), cfg
 
-    few = C.STRIDED_DEPTHWISE_XLA_DW_MAX_C
-    assert C.plan(*depthwise(few, 2), jnp.float32) == ("shifted", "shifted", "xla_cl")
-    assert C.plan(*depthwise(few + 1, 2), jnp.float32) == ("shifted",) * 3
-    assert C.plan(*depthwise(few, 1), jnp.float32) == ("shifted",) * 3
-    assert C.plan(*depthwise(few, 2, c_in_g=2), jnp.float32) == ("per_group",) * 3
+    by_image = ("shifted", "shifted", "shifted_per_image")
+    for c, stride, nd in [(16, 2, 2), (33, 2, 2), (16, 1, 2), (8, 1, 3), (8, 2, 3)]:
+        assert C.plan(*grouped(c, stride, nd), jnp.float32) == by_image, (c, stride, nd)
+    assert C.plan(*grouped(16, 1, 1), jnp.float32) == ("shifted",) * 3
+    assert C.plan(*grouped(32, 2, c_in_g=2), jnp.float32) == ("per_group",) * 3
 
 
 def test_strided_1d_gets_col2im_for_few_channels_and_im2col_for_a_small_buffer():

@@ -288,7 +288,8 @@ def test_gradient_never_forms_a_jacobian(x_shape, w_shape, kwargs):
 FORMULATION_SETS = {"xla": ("xla", "xla", "xla"), "shifted": ("shifted",) * 3,
                     "im2col": ("im2col", "col2im", "im2col"), "banded": ("banded",) * 3,
                     "per_group": ("per_group",) * 3,
-                    "per_group_shifted": ("per_group_shifted",) * 3}
+                    "per_group_shifted": ("per_group_shifted",) * 3,
+                    "shifted_per_image": ("shifted", "shifted", "shifted_per_image")}
 
 
 @pytest.mark.parametrize("formulations", list(FORMULATION_SETS))

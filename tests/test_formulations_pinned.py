@@ -31,6 +31,7 @@ SETS = {
     "winograd": ("winograd", "winograd", "winograd"),  # only on WINOGRAD's configurations
     "per_group": ("per_group", "per_group", "per_group"),  # one group where groups == 1
     "per_group_shifted": ("per_group_shifted",) * 3,
+    "shifted_per_image": ("shifted", "shifted", "shifted_per_image"),  # whole batch at these sizes
 }
 
 # (x shape, w shape, kwargs), channels_last unless the kwargs say otherwise.

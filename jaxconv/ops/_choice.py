@@ -311,13 +311,15 @@ STRIDED_1D_COL2IM_MAX_C_IN = 31
 STRIDED_1D_IM2COL_MAX_BYTES = 2 * 2**20
 
 
-# Strided depthwise layers with few channels: XLA's own dW beat the shifted products' (Σ over
-# the batch and space of |K| strided views times dy) on the tune set, forced plans against
-# autodiff under load 6–7: dw3.s2.b32.c16 (16 channels, x 26 MB) 1.93× and 1.69× with XLA's dW
-# against 1.03× and 0.77× all shifted; depthwise.s2.b16 (32 channels, 6 MB) a tie (2.15× against
-# 2.0×); with many channels XLA's dW lost (dw3.s2.b8.c192: 0.44× against 1.96×). Up to this many
-# channels a strided depthwise layer keeps XLA's dW (forward and dX stay shifted).
-STRIDED_DEPTHWISE_XLA_DW_MAX_C = 32
+# Depthwise dW, 2-D and 3-D: the shifted products image by image (``shifted_per_image``, a scan
+# over the batch once dy exceeds the L2 cache; see _formulations.per_image). Fitted on the tune
+# set's depthwise layers and seven added ones, dW alone (jit, interleaved, milliseconds, whole
+# batch / image by image / XLA's): depthwise.3x3 75.9 / 19.6 / 251; dw5.s2.b16.c96 47.0 / 13.7 /
+# 115; dw3.s2.b32.c16 35.8 / 10.3 / 27.0; dw3.c320.b128.7 27.8 / 5.2 / 112; dw5.c96.b64.14
+# 40.9 / 8.0 / 87; dw3.c64.b512.8 33.4 / 8.3 / 84; dw3d.c64.b4 71.6 / 40.4 / 168; below the
+# threshold (one block) the same within 4%. XLA's dW, kept for strided depthwise layers of at
+# most 32 channels since an old-harness fit (1.9× on dw3.s2.b32.c16), lost to both there. In 1-D
+# the scan lost (dw1d.k9.c128.b16: 211 against 51 ms): 1-D depthwise dW stays ``shifted``.
 
 
 # Winograd F(2×2, 3×3) for the forward and dW (they transform the same input tiles, which XLA
@@ -394,12 +396,11 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
       ungrouped XLA convolution per group (XLA:CPU's ungrouped convolution runs near the matmul
       rate, its grouped one far below); a dX in XLA:CPU's aborting class is computed as
       ``shifted`` instead;
-    - depthwise layers (one input channel per group): ``shifted`` for all three roles.
-      XLA:CPU's grouped convolution runs far below the matmul rate (the README's depthwise
-      layer: 5× slower than the shifted products), and the grouped products become batched or
-      elementwise ones; but a
-      strided depthwise layer with at most ``STRIDED_DEPTHWISE_XLA_DW_MAX_C`` channels keeps
-      XLA's dW (the only role where XLA's grouped convolution won: 1.9× on 16 channels);
+    - depthwise layers (one input channel per group): ``shifted`` for all three roles, the
+      elementwise products (XLA:CPU's grouped convolution runs far below the matmul rate: the
+      README's depthwise layer, 5× slower); in 2-D and 3-D the dW image by image
+      (``shifted_per_image``: each tap's product stays in cache, 1.8–5.3× on the tune set's
+      dW);
     - few input and output channels on short rows, 2-D or 3-D (:func:`_banded_suits`: LeNet's
       layers): dx and dw ``banded`` (2–9× over XLA's); the forward ``shifted`` for one input
       channel, ``banded`` in 3-D, else ``xla``;
@@ -460,12 +461,8 @@ def _heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
         return "per_group_shifted" if cfg.groups > 1 and c_in_g > 1 else "shifted"
     if "per_group" in names and c_in_g >= PER_GROUP_MIN_C_IN:  # eligible only when grouped
         return "per_group"
-    if cfg.groups > 1:
-        depthwise = c_in_g == 1 and x_shape[-1] == cfg.groups
-        if (role == "dw" and depthwise and strided
-                and x_shape[-1] <= STRIDED_DEPTHWISE_XLA_DW_MAX_C):
-            return "xla"
-        return "shifted"
+    if cfg.groups > 1:  # depthwise (one input channel per group), or per_group's aborting dX
+        return "shifted_per_image" if role == "dw" and nd >= 2 else "shifted"
     if _winograd_pays(x_shape, w_shape, cfg, names):
         return "xla" if role == "dx" else "winograd"
     if _banded_suits(x_shape, w_shape, cfg, names):
