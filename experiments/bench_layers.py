@@ -34,8 +34,7 @@ in one run (see :mod:`jaxconv.bench`). Sets (``jaxconv.bench.SETS``):
   per group and more than one tap), committed before it was first timed and before the
   per-group rule was refitted below 8 channels per group.
 - ``heldout11``: an eleventh (``HELDOUT11``: depthwise layers with more than one tap),
-  committed before it was first timed and before the depthwise dW was accumulated over blocks
-  of the batch.
+  committed before it was first timed and before the depthwise dW was summed image by image.
 
 The headline statistic is the median over interleaved rounds of autodiff's time / manual's in
 the same round (``vs_autodiff_rounds``); target: at least 0.95 on every layer (the default never

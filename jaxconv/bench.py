@@ -418,7 +418,7 @@ HELDOUT10: tuple[Layer, ...] = (
 )
 
 #: An eleventh held-out set, written and committed (2026-11-29) before any of it was timed and
-#: before the depthwise dW was accumulated over blocks of the batch: depthwise layers with more
+#: before the depthwise dW was summed over parts of the batch: depthwise layers with more
 #: than one tap (MobileNetV1's late stage, MobileNetV2, EfficientNet-B0's 5×5, ConvNeXt's 7×7 at
 #: 384 channels, MobileNetV3, Xception's middle flow, a 1-D 33-tap layer, X3D's 3-D layer, a
 #: channel multiplier, batch 1, batch 256 on 7×7 maps, a strided layer, a dilated one, ConvMixer's
