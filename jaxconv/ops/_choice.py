@@ -317,9 +317,10 @@ STRIDED_1D_IM2COL_MAX_BYTES = 2 * 2**20
 # batch / image by image / XLA's): depthwise.3x3 75.9 / 19.6 / 251; dw5.s2.b16.c96 47.0 / 13.7 /
 # 115; dw3.s2.b32.c16 35.8 / 10.3 / 27.0; dw3.c320.b128.7 27.8 / 5.2 / 112; dw5.c96.b64.14
 # 40.9 / 8.0 / 87; dw3.c64.b512.8 33.4 / 8.3 / 84; dw3d.c64.b4 71.6 / 40.4 / 168; below the
-# threshold (one block) the same within 4%. XLA's dW, kept for strided depthwise layers of at
-# most 32 channels since an old-harness fit (1.9× on dw3.s2.b32.c16), lost to both there. In 1-D
-# the scan lost (dw1d.k9.c128.b16: 211 against 51 ms): 1-D depthwise dW stays ``shifted``.
+# threshold (the whole batch at once) the same within 4%. XLA's dW, kept for strided depthwise
+# layers of at most 32 channels since an old-harness fit (1.9× on dw3.s2.b32.c16), lost to both
+# there. In 1-D the scan lost (dw1d.k9.c128.b16: 211 against 51 ms): 1-D depthwise dW stays
+# ``shifted``.
 
 
 # Winograd F(2×2, 3×3) for the forward and dW (they transform the same input tiles, which XLA
@@ -445,8 +446,8 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     since), ``HELDOUT5``, written before the Winograd rule was fitted, ``HELDOUT6``, before the
     per-group rule, ``HELDOUT7``, before the single-channel im2col dW, ``HELDOUT8``, before the
     1×1 rule, ``HELDOUT9``, before the Winograd rule was refitted below 64 channels, and
-    ``HELDOUT10``, before the per-group rule was refitted below 8 channels per group (all looked
-    at since).
+    ``HELDOUT10``, before the per-group rule was refitted below 8 channels per group, and
+    ``HELDOUT11``, before the depthwise dW image by image (all looked at since).
     """
     name = _heuristic(role, x_shape, w_shape, cfg, dtype)
     return "xla_cl" if (role, name) == ("dw", "xla") else name
