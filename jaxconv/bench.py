@@ -619,11 +619,14 @@ def bench_plans(spec: Layer, plans, repeats: int = 10) -> dict[str, float]:
     for plan in plans:
         if not isinstance(plan, str) or plan.count("/") != 2:
             raise ValueError(f"plans must be 'forward/dx/dw' strings, got {plan!r}")
+    if not plans:  # nothing to time the default against: no compile, no rounds
+        return {}
     x, w, b, dy = _layer_inputs(spec, jax.random.key(0))
-    runners = {"default": compile_call(_fwd_bwd(jaxconv.conv, spec.kwargs()), x, w, b, dy)}
+    kw = spec.kwargs()
+    runners = {"default": compile_call(_fwd_bwd(jaxconv.conv, kw), x, w, b, dy)}
     for plan in plans:
         with jaxconv.use(*plan.split("/")):
-            runners[plan] = compile_call(_fwd_bwd(jaxconv.conv, spec.kwargs()), x, w, b, dy)
+            runners[plan] = compile_call(_fwd_bwd(jaxconv.conv, kw), x, w, b, dy)
     times = interleaved(runners, repeats)
     return {plan: round_ratio(times[plan], times["default"]) for plan in plans}
 

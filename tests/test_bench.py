@@ -92,6 +92,8 @@ def test_bench_plans_times_the_default_against_each_forced_plan(monkeypatch):
     assert traced, "the forced plan's forward was never traced"
     with pytest.raises(ValueError, match="forward/dx/dw"):
         bench.bench_plans(spec, ["im2col/xla"], repeats=3)
+    monkeypatch.setattr(bench, "compile_call", lambda *a, **k: pytest.fail("compiled"))
+    assert bench.bench_plans(spec, [], repeats=3) == {}  # no plans: nothing compiled or timed
 
 
 def test_pytorch_is_optional(monkeypatch):

@@ -445,7 +445,7 @@ def heuristic(role: str, x_shape, w_shape, cfg: ConvConfig, dtype) -> str:
     and ``HELDOUT4``, written before the single-channel and banded rules were refitted (looked at
     since), ``HELDOUT5``, written before the Winograd rule was fitted, ``HELDOUT6``, before the
     per-group rule, ``HELDOUT7``, before the single-channel im2col dW, ``HELDOUT8``, before the
-    1×1 rule, ``HELDOUT9``, before the Winograd rule was refitted below 64 channels, and
+    1×1 rule, ``HELDOUT9``, before the Winograd rule was refitted below 64 channels,
     ``HELDOUT10``, before the per-group rule was refitted below 8 channels per group, and
     ``HELDOUT11``, before the depthwise dW image by image (all looked at since).
     """
